@@ -1,0 +1,249 @@
+"""The `engage` command. Each command is a few lines over `sync.py`, `config.py` and `state.py`.
+
+Exit codes: 0 success, 1 a run failed, 2 invalid input (the message names file, line and field).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console as RichTerminal
+from rich.table import Table
+
+from engage import __version__
+from engage.config import Project, find_project_root, load_project
+from engage.console import console_for
+from engage.errors import EngageError, InputErrors
+from engage.state import StateStore
+from engage.sync import RunSummary, open_readonly, parse_as_of, prepare, run_space
+
+F = TypeVar("F", bound=Callable[..., Any])
+DIALECTS = ["duckdb", "postgres", "redshift", "snowflake", "bigquery", "databricks", "spark"]
+
+
+def _fail(err: EngageError, as_json: bool) -> None:
+    if as_json:
+        lines = [str(e) for e in err.errors] if isinstance(err, InputErrors) else [str(err)]
+        click.echo(json.dumps({"status": "failed", "exit_code": err.exit_code, "errors": lines}, indent=2))
+    else:
+        lines = [str(e) for e in err.errors] if isinstance(err, InputErrors) else [str(err)]
+        for line in lines:
+            click.secho(f"error: {line}", fg="red", err=True)
+    sys.exit(err.exit_code)
+
+
+def handles_errors(command: F) -> F:
+    """Renders every engage error once, as red lines (or a JSON object under --json), with its exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except EngageError as err:
+            _fail(err, bool(kwargs.get("as_json")))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _project(ctx: click.Context) -> Project:
+    root: Path | None = ctx.obj["project"]
+    return load_project(root if root is not None else find_project_root(Path.cwd()))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="engage")
+@click.option(
+    "--project",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Project root (holds config/engage.yaml).",
+)
+@click.option("-v", "--verbose", count=True, help="More log output (-vv shows every SQL statement).")
+@click.pass_context
+def main(ctx: click.Context, project: Path | None, verbose: int) -> None:
+    """engage: audiences and computed traits from your warehouse, synced as Segment-spec calls.
+
+    Definitions (YAML) compile to SQL that runs in the warehouse; every run diffs against the last
+    one and sends only the changes, as identify/track calls and engage_<space> tables.
+    """
+    level = logging.WARNING - 10 * verbose if verbose else logging.INFO
+    logging.basicConfig(
+        level=max(level, logging.DEBUG),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    ctx.obj = {"project": project}
+
+
+@main.command()
+@click.option("--space", default=None, help="Validate one space (default: all).")
+@click.option("--json", "as_json", is_flag=True, help="List every definition with its key and kind, as JSON.")
+@click.pass_context
+@handles_errors
+def validate(ctx: click.Context, space: str | None, as_json: bool) -> None:
+    """Check config and definitions, including events, traits and audiences against the warehouse."""
+    project = _project(ctx)
+    report: dict[str, list[dict[str, Any]]] = {}
+    for name in [space] if space else list(project.config.spaces):
+        with prepare(project, name, read_only=True) as prepared:
+            report[name] = [
+                {"key": d.key, "kind": d.kind, "name": d.definition.name, "file": str(d.document.path),
+                 "line": d.document.start_line, "trait_keys": d.trait_keys}
+                for d in prepared.definitions
+            ]  # fmt: skip
+    if as_json:
+        click.echo(json.dumps({"status": "valid", "spaces": report}, indent=2))
+        return
+    for name, definitions in report.items():
+        click.echo(f"space {name}: {len(definitions)} definitions valid")
+        for d in definitions:
+            click.echo(f"  {d['kind']:<10} {d['key']:<32} {d['file']}:{d['line']}")
+
+
+@main.command(name="compile")
+@click.option("--space", default="default", show_default=True)
+@click.option("--dialect", type=click.Choice(DIALECTS), default=None, help="Default: the warehouse's.")
+@click.option("--as-of", default=None, help="ISO time the query computes as of (default: now).")
+@click.pass_context
+@handles_errors
+def compile_command(ctx: click.Context, space: str, dialect: str | None, as_of: str | None) -> None:
+    """Print the SQL a sync runs: SQL traits first, then the current-values query."""
+    project = _project(ctx)
+    with prepare(project, space, read_only=True) as prepared:
+        compiled = prepared.compile(parse_as_of(as_of), dialect)
+    target = dialect or prepared.warehouse.dialect
+    for title, sql in compiled.statements(target):
+        click.echo(f"-- {title}\n{sql};\n")
+
+
+@main.command()
+@click.option("--space", default="default", show_default=True)
+@click.option("--as-of", default=None, help="ISO time to compute as of (default: now).")
+@click.option("--dry-run", is_flag=True, help="Compute and report counts; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@click.pass_context
+@handles_errors
+def sync(ctx: click.Context, space: str, as_of: str | None, dry_run: bool, as_json: bool) -> None:
+    """Compute every definition of a space and send what changed since the last run."""
+    project = _project(ctx)
+    summary = run_space(
+        project, space, as_of=parse_as_of(as_of), dry_run=dry_run, console=console_for(as_json)
+    )
+    if as_json:
+        click.echo(json.dumps(summary.to_json(), indent=2))
+    else:
+        _print_summary(summary)
+
+
+def _print_summary(summary: RunSummary) -> None:
+    terminal = RichTerminal()
+    title = f"space {summary.space} as of {summary.as_of.isoformat()}" + (
+        " (dry run: nothing written)" if summary.dry_run else ""
+    )
+    table = Table(title=title, title_justify="left")
+    for column in ("definition", "kind", "size", "entered", "exited", "changed"):
+        table.add_column(column, justify="left" if column in ("definition", "kind") else "right")
+    for d in summary.definitions:
+        table.add_row(d.key, d.kind, str(d.size), str(d.entered), str(d.exited), str(d.changed))
+    terminal.print(table)
+    sent = ", ".join(f"{name}: {count}" for name, count in summary.destinations.items()) or "nothing"
+    terminal.print(
+        f"entered {summary.entered}, exited {summary.exited}, changed {summary.changed}"
+        f" in {summary.seconds:.2f}s (generation {summary.generation}); written: {sent}"
+    )
+
+
+@main.command()
+@click.option("--space", default="default", show_default=True)
+@click.option("--limit", default=10, show_default=True, help="How many recent runs to show.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@handles_errors
+def status(ctx: click.Context, space: str, limit: int, as_json: bool) -> None:
+    """Show recent runs: status, duration, entered/exited/changed per definition, errors."""
+    selected = _project(ctx).space(space)
+    warehouse = open_readonly(selected)
+    try:
+        runs = StateStore(warehouse, selected.output_schema).runs(limit)
+    finally:
+        warehouse.close()
+    if as_json:
+        click.echo(json.dumps([
+            {**r.__dict__, "as_of": r.as_of.isoformat(), "started_at": r.started_at.isoformat(),
+             "finished_at": r.finished_at.isoformat() if r.finished_at else None}
+            for r in runs
+        ], indent=2))  # fmt: skip
+        return
+    if not runs:
+        click.echo(f"space {space}: no runs yet")
+        return
+    terminal = RichTerminal()
+    table = Table(title=f"space {space}: last {len(runs)} runs", title_justify="left")
+    for column in ("started", "as of", "gen", "status", "secs", "entered", "exited", "changed", "error"):
+        table.add_column(
+            column, overflow="fold" if column == "error" else "ellipsis", no_wrap=column != "error"
+        )
+    for r in runs:
+        seconds = (r.finished_at - r.started_at).total_seconds() if r.finished_at else 0.0
+        error = (r.error or "").splitlines()[0][:120] if r.error else ""
+        table.add_row(
+            f"{r.started_at:%Y-%m-%d %H:%M:%S}", f"{r.as_of:%Y-%m-%d %H:%M:%S}", str(r.generation), r.status,
+            f"{seconds:.2f}", str(r.entered), str(r.exited), str(r.changed), error,
+        )  # fmt: skip
+    terminal.print(table)
+    latest = runs[0]
+    if latest.summary:
+        detail = Table(title="latest run per definition", title_justify="left")
+        for column in ("definition", "kind", "size", "entered", "exited", "changed"):
+            detail.add_column(column)
+        for key, d in sorted(latest.summary.items()):
+            detail.add_row(
+                key, d["kind"], str(d["size"]), str(d["entered"]), str(d["exited"]), str(d["changed"])
+            )
+        terminal.print(detail)
+
+
+@main.command()
+@click.option(
+    "--space", default="default", show_default=True, help="The space whose warehouse gets the data."
+)
+@click.option("--profiles", default=2_000, show_default=True)
+@click.option("--events", default=30_000, show_default=True)
+@click.option("--seed", default=42, show_default=True)
+@click.pass_context
+@handles_errors
+def demo(ctx: click.Context, space: str, profiles: int, events: int, seed: int) -> None:
+    """Create Segment-shaped sample sources (website, ios) in the space's DuckDB warehouse."""
+    from engage.demo import generate_demo
+    from engage.warehouse.duckdb import DuckDBWarehouse
+
+    project = _project(ctx)
+    selected = project.space(space)
+    config = selected.config.warehouse
+    if config.type != "duckdb":
+        raise EngageError("engage demo writes sample data into a DuckDB warehouse only")
+    warehouse = DuckDBWarehouse(selected.resolve(config.path))
+    try:
+        result = generate_demo(
+            warehouse.connection,
+            profiles=profiles,
+            events=events,
+            seed=seed,
+            sources=tuple(selected.config.sources),
+        )
+    finally:
+        warehouse.close()
+    click.echo(
+        f"sample data in {config.path}: {result.profiles} profiles ({result.identified} identified),"
+        f" {result.events} track events, {len(result.tables)} tables in {', '.join(selected.config.sources)}"
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

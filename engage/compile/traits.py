@@ -1,0 +1,139 @@
+"""Computed traits (SPEC §2 table): each type is one aggregate of the shared pass, except most_frequent.
+
+A trait has a value only for profiles with at least one visible event of its event type(s); for them,
+"no qualifying event" gives the type's empty value (0, [] or null).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sqlglot import exp
+
+from engage.catalog import BIGINT, DOUBLE, VARCHAR
+from engage.compile.expressions import PROFILE, TS, conjunction, sql_type
+from engage.compile.scan import ROW, event_table_rows
+from engage.definitions.models import TraitDefinition
+
+if TYPE_CHECKING:
+    from engage.compile.compiler import Compiler
+
+JSON = "json"  # unique lists: arrays stored as JSON text (SPEC §5)
+
+
+def trait_value(compiler: Compiler, trait: TraitDefinition) -> tuple[exp.Expr, str]:
+    """The trait's value expression over the shared pass, and its portable type."""
+    scan = compiler.scan
+    tables = [compiler.catalog.event_table_name(e) for e in trait.events]
+    columns = {f.property for f in trait.where}
+    prop_column = None
+    if trait.property is not None:
+        prop_column = compiler.property_column(trait.events, trait.property)
+    resolved = {p: compiler.property_column(trait.events, p) for p in columns}
+    for table in tables:
+        scan.read(
+            table,
+            [c for c in [prop_column, *resolved.values()] if c],
+            ordered=trait.type in ("first", "last"),
+        )
+    match = conjunction(
+        scan.event_is(*tables),
+        compiler.window(trait, scan.column(TS)),
+        *compiler.filters(trait.where, resolved, scan.column, scan.type_of),
+    )
+    has_events = scan.aggregate(exp.CountIf(this=scan.event_is(*tables))) > 0
+
+    def when_has(value: exp.Expr) -> exp.Expr:
+        return exp.case().when(has_events, value)
+
+    if trait.type == "count":
+        return when_has(scan.aggregate(exp.CountIf(this=match))), BIGINT
+    assert prop_column is not None
+    prop = scan.column(prop_column)
+    prop_type = scan.type_of(prop_column)
+    number = exp.cast(prop, exp.DataType.Type.DOUBLE)
+    if trait.type == "sum":
+        total = scan.aggregate(exp.func("SUM", exp.case().when(match, number)))
+        return when_has(exp.func("COALESCE", total, exp.Literal.number(0))), DOUBLE
+    if trait.type in ("avg", "min", "max"):
+        return when_has(scan.aggregate(exp.func(trait.type.upper(), exp.case().when(match, number)))), DOUBLE
+    if trait.type in ("first", "last"):
+        known = exp.and_(match, prop.is_(exp.null()).not_())
+        pick = "ARG_MIN" if trait.type == "first" else "ARG_MAX"
+        return scan.aggregate(exp.func(pick, prop, exp.case().when(known, scan.order_key()))), prop_type
+    if trait.type == "unique_list":
+        text = exp.cast(prop, exp.DataType.Type.VARCHAR)
+        values = exp.Filter(
+            this=exp.ArrayAgg(this=exp.Distinct(expressions=[text])),
+            expression=exp.Where(this=exp.and_(match, prop.is_(exp.null()).not_())),
+        )
+        listed = exp.func(
+            "COALESCE", scan.aggregate(exp.func("LIST_SORT", values)), exp.Array(expressions=[])
+        )
+        return when_has(listed), JSON
+    if trait.type == "unique_list_count":
+        distinct = exp.Count(this=exp.Distinct(expressions=[exp.case().when(match, prop)]))
+        return when_has(scan.aggregate(distinct)), BIGINT
+    if trait.type == "most_frequent":
+        return when_has(most_frequent(compiler, trait, tables, prop_column, resolved)), prop_type
+    raise AssertionError(f"unhandled trait type {trait.type}")
+
+
+def most_frequent(
+    compiler: Compiler,
+    trait: TraitDefinition,
+    tables: list[str],
+    prop_column: str,
+    resolved: dict[str, str | None],
+) -> exp.Expr:
+    """Its own query: counts per (profile, value), then the value seen at least `min_frequency` times
+    with the highest count; ties go to the alphabetically first value."""
+    needed = sorted({prop_column, *(c for c in resolved.values() if c)})
+    rows: exp.Query | None = None
+    for table in tables:
+        branch = event_table_rows(compiler.catalog, compiler.resolver, compiler.as_of, table, needed)
+        rows = branch if rows is None else exp.union(rows, branch, distinct=False)
+    assert rows is not None
+    row = ROW
+    prop = exp.column(prop_column, row)
+    types = {
+        c: compiler.catalog.column_type(
+            [t for name in tables for t in compiler.catalog.tables_named(name)], c
+        )
+        for c in needed
+    }
+    match = conjunction(
+        compiler.window(trait, exp.column(TS, row)),
+        prop.is_(exp.null()).not_(),
+        *compiler.filters(trait.where, resolved, lambda c: exp.column(c, row), lambda c: types[c]),
+    )
+    counts = (
+        exp.select(
+            exp.column(PROFILE, row), exp.alias_(prop, "value"), exp.alias_(exp.Count(this=exp.Star()), "n")
+        )
+        .from_(rows.subquery(row))
+        .where(match)
+        .group_by(exp.column(PROFILE, row), prop)
+        .having(exp.Count(this=exp.Star()) >= trait.frequency)
+    )
+    rank = exp.Window(
+        this=exp.RowNumber(),
+        partition_by=[exp.column(PROFILE)],
+        order=exp.Order(
+            expressions=[
+                exp.Ordered(this=exp.column("n"), desc=True),
+                exp.Ordered(this=exp.cast(exp.column("value"), sql_type(VARCHAR)), desc=False),
+            ]
+        ),
+    )
+    ranked = exp.select(exp.column(PROFILE), exp.column("value"), exp.alias_(rank, "rank")).from_(
+        counts.subquery("counts")
+    )
+    name = compiler.add_cte(
+        "most_frequent",
+        exp.select(exp.column(PROFILE), exp.column("value"))
+        .from_(ranked.subquery("ranked"))
+        .where(exp.column("rank").eq(1)),
+    )
+    compiler.join_profiles(name)
+    return exp.column("value", name)

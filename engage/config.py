@@ -1,0 +1,221 @@
+"""`config/engage.yaml`: spaces, their warehouse, sources, definitions, schedule and destinations.
+
+Secrets come from the environment: any string value may contain `${VAR}`, replaced before validation.
+A missing variable is a `ConfigError` naming the setting, never the value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from engage.errors import ConfigError, InputErrors, Location
+from engage.naming import snakecase
+from engage.yamlfile import YamlDocument, read_documents, validation_errors
+
+CONFIG_PATH = Path("config") / "engage.yaml"
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_INTERVAL = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_INTERVAL_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DuckDBWarehouseConfig(_Model):
+    """The embedded default: a DuckDB database file, relative to the project root."""
+
+    type: Literal["duckdb"]
+    path: str = ".engage/warehouse.duckdb"
+    threads: int | None = Field(default=None, gt=0)
+    memory_limit: str | None = None
+
+
+WarehouseConfig = Annotated[DuckDBWarehouseConfig, Field(discriminator="type")]
+
+
+class IdentityConfig(_Model):
+    """How events resolve to profiles (SPEC §6). `none`: user_id, else anonymous_id."""
+
+    type: Literal["none"] = "none"
+
+
+class IntervalSchedule(_Model):
+    every: str
+
+    @field_validator("every")
+    @classmethod
+    def _positive_interval(cls, value: str) -> str:
+        match = _INTERVAL.match(value)
+        if not match:
+            raise ValueError("an interval is a number and a unit: 30s, 15m, 1h, 1d or 1w")
+        if int(match.group(1)) <= 0:
+            raise ValueError("the interval must be positive")
+        return value
+
+    @property
+    def interval(self) -> timedelta:
+        match = _INTERVAL.match(self.every)
+        assert match is not None
+        return timedelta(**{_INTERVAL_UNITS[match.group(2)]: int(match.group(1))})
+
+
+class EventNames(_Model):
+    """Track event names a destination receives (SPEC §4)."""
+
+    audience_entered: str = "Audience Entered"
+    audience_exited: str = "Audience Exited"
+    trait_computed: str = "Trait Computed"
+
+
+class DestinationConfig(BaseModel):
+    """One destination: `type` picks the connector; extra keys are the connector's own options."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+
+    type: str
+    schema_: str | None = Field(default=None, alias="schema")
+    send: list[Literal["identify", "track"]] = ["identify", "track"]
+    events: EventNames = EventNames()
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """Connector-specific settings: every key this model does not define itself."""
+        return dict(self.model_extra or {})
+
+
+class SpaceConfig(_Model):
+    warehouse: WarehouseConfig
+    sources: list[str] = Field(min_length=1)
+    identity: IdentityConfig = IdentityConfig()
+    definitions: str = "audiences"
+    schedule: str | IntervalSchedule | None = None
+    destinations: dict[str, DestinationConfig] = {}
+
+    @field_validator("schedule")
+    @classmethod
+    def _valid_cron(cls, value: str | IntervalSchedule | None) -> str | IntervalSchedule | None:
+        if isinstance(value, str):
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(value)
+            except ValueError as err:
+                raise ValueError(f"invalid cron expression: {err}") from err
+        return value
+
+    @field_validator("sources")
+    @classmethod
+    def _distinct_sources(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("a source is listed twice")
+        return value
+
+
+class ProjectConfig(_Model):
+    spaces: dict[str, SpaceConfig] = Field(min_length=1)
+
+
+class Project:
+    """A loaded project: its root folder and validated config. Relative paths resolve against the root."""
+
+    def __init__(self, root: Path, config: ProjectConfig, document: YamlDocument) -> None:
+        self.root = root
+        self.config = config
+        self._document = document
+
+    def space(self, name: str) -> Space:
+        if name not in self.config.spaces:
+            known = ", ".join(sorted(self.config.spaces))
+            raise ConfigError(
+                f"unknown space '{name}' (the config defines: {known})",
+                Location(self._document.path, self._document.start_line, "spaces"),
+            )
+        return Space(name, self.config.spaces[name], self)
+
+    @property
+    def config_path(self) -> Path:
+        return self._document.path
+
+    def locate(self, *loc: str | int) -> Location:
+        """Where a config key sits in config/engage.yaml, for errors found after validation."""
+        return self._document.locate(loc)
+
+
+class Space:
+    """One space of a project: where its definitions live and what its outputs are called."""
+
+    def __init__(self, name: str, config: SpaceConfig, project: Project) -> None:
+        self.name = name
+        self.config = config
+        self.project = project
+
+    @property
+    def slug(self) -> str:
+        return snakecase(self.name)
+
+    @property
+    def output_schema(self) -> str:
+        """`engage_` + the snake_case of the space name (SPEC §5). State lives here too."""
+        return f"engage_{self.slug}"
+
+    @property
+    def definitions_dir(self) -> Path:
+        return self.project.root / self.config.definitions
+
+    def resolve(self, path: str) -> Path:
+        candidate = Path(path)
+        return candidate if candidate.is_absolute() else self.project.root / candidate
+
+    def locate(self, *loc: str | int) -> Location:
+        return self.project.locate("spaces", self.name, *loc)
+
+
+def _interpolate(value: Any, document: YamlDocument, loc: tuple[str | int, ...]) -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate(v, document, (*loc, k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, document, (*loc, i)) for i, v in enumerate(value)]
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                raise ConfigError(f"environment variable {name} is not set", document.locate(loc))
+            return os.environ[name]
+
+        return _ENV_REFERENCE.sub(substitute, value)
+    return value
+
+
+def find_project_root(start: Path) -> Path:
+    """`start` itself when it holds config/engage.yaml, else the nearest parent that does."""
+    start = start.resolve()
+    for folder in (start, *start.parents):
+        if (folder / CONFIG_PATH).is_file():
+            return folder
+    raise ConfigError(f"no {CONFIG_PATH} in {start} or its parents (use --project DIR)")
+
+
+def load_project(root: Path) -> Project:
+    """Reads and validates `<root>/config/engage.yaml`."""
+    path = root / CONFIG_PATH
+    if not path.is_file():
+        raise ConfigError(f"no {CONFIG_PATH} in {root} (use --project DIR)")
+    documents = list(read_documents(path, display=path))
+    if len(documents) != 1:
+        raise ConfigError("the config file must hold exactly one YAML document", Location(path, 1))
+    document = documents[0]
+    data = _interpolate(document.data, document, ())
+    try:
+        config = ProjectConfig.model_validate(data)
+    except ValidationError as err:
+        errors = validation_errors(document, err, ConfigError)
+        raise errors[0] if len(errors) == 1 else InputErrors(errors) from err
+    return Project(root, config, document)

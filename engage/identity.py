@@ -1,0 +1,35 @@
+"""Profile resolution: which profile a source row belongs to. The compiler groups by what this returns.
+
+Only `none` exists today (SPEC §1: user_id when the row has one, else anonymous_id). Profiles Sync and
+stitching (SPEC §6) will resolve through an identity graph table; they plug in here without touching the
+compiler.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from sqlglot import exp
+
+from engage.config import IdentityConfig
+
+
+class ProfileResolver(ABC):
+    """Maps the rows of a source table to profile ids, as sqlglot expressions over the row's alias."""
+
+    @abstractmethod
+    def profile(self, row: str) -> exp.Expr:
+        """The profile id of a row of any source table aliased `row`."""
+
+
+class UserElseAnonymous(ProfileResolver):
+    """`none`: the row's user_id, else its anonymous_id."""
+
+    def profile(self, row: str) -> exp.Expr:
+        return exp.func("COALESCE", exp.column("user_id", row), exp.column("anonymous_id", row))
+
+
+def resolver_for(config: IdentityConfig) -> ProfileResolver:
+    if config.type == "none":
+        return UserElseAnonymous()
+    raise AssertionError(f"unhandled identity type {config.type}")

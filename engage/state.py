@@ -1,0 +1,199 @@
+"""Run state, kept in the warehouse next to the outputs (`engage_<space>._engage_*`).
+
+- `_engage_state`: what was last sent, one row per (definition, trait key, profile) with the definition's
+  fingerprint and the generation that wrote it. Audiences keep members only; traits keep non-null
+  values; SQL traits keep every column of every profile in their result.
+- `_engage_runs`: the run log (`engage status` reads it). A run's generation is the number of successful
+  runs before it plus one, so a run that failed and is retried gets the same generation, and with it the
+  same message ids.
+
+Nothing here advances unless the caller's transaction commits (see `sync.py`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlglot import exp
+
+from engage.warehouse.base import Warehouse
+
+STATE_TABLE, RUNS_TABLE = "_engage_state", "_engage_runs"
+
+STATE_COLUMNS = [
+    ("definition_key", "VARCHAR"),
+    ("trait_key", "VARCHAR"),
+    ("fingerprint", "VARCHAR"),
+    ("profile_id", "VARCHAR"),
+    ("user_id", "VARCHAR"),
+    ("anonymous_id", "VARCHAR"),
+    ("value_text", "VARCHAR"),
+    ("value_num", "DOUBLE"),
+    ("generation", "BIGINT"),
+    ("updated_at", "TIMESTAMP"),
+]
+RUN_COLUMNS = [
+    ("run_id", "VARCHAR"),
+    ("space", "VARCHAR"),
+    ("generation", "BIGINT"),
+    ("as_of", "TIMESTAMP"),
+    ("started_at", "TIMESTAMP"),
+    ("finished_at", "TIMESTAMP"),
+    ("status", "VARCHAR"),
+    ("entered", "BIGINT"),
+    ("exited", "BIGINT"),
+    ("changed", "BIGINT"),
+    ("summary", "VARCHAR"),
+    ("error", "VARCHAR"),
+]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    space: str
+    generation: int
+    as_of: datetime
+    started_at: datetime
+    finished_at: datetime | None
+    status: str
+    entered: int
+    exited: int
+    changed: int
+    summary: dict[str, Any]
+    error: str | None
+
+
+class StateStore:
+    """Reads and advances a space's state in its warehouse schema."""
+
+    def __init__(self, warehouse: Warehouse, schema: str) -> None:
+        self.warehouse = warehouse
+        self.schema = schema
+
+    def table(self, name: str) -> exp.Table:
+        return exp.table_(name, db=self.schema)
+
+    @property
+    def exists(self) -> bool:
+        return bool(self.warehouse.table_columns(self.schema, STATE_TABLE))
+
+    def ensure(self) -> None:
+        self.warehouse.ensure_schema(self.schema)
+        for name, columns in ((STATE_TABLE, STATE_COLUMNS), (RUNS_TABLE, RUN_COLUMNS)):
+            self.warehouse.ensure_table(self.schema, name, [(c, exp.DataType.build(t)) for c, t in columns])
+
+    def previous(self) -> exp.Query:
+        """The state rows, or an empty relation of the same shape before the first run."""
+        if self.exists:
+            return exp.select("*").from_(self.table(STATE_TABLE))
+        empty = [exp.alias_(exp.cast(exp.null(), t), c) for c, t in STATE_COLUMNS]
+        return exp.select(*empty).where(exp.false())
+
+    def next_generation(self) -> int:
+        if not self.warehouse.table_columns(self.schema, RUNS_TABLE):
+            return 1
+        rows = self.warehouse.fetchall(
+            exp.select(exp.func("COALESCE", exp.func("MAX", exp.column("generation")), 0))
+            .from_(self.table(RUNS_TABLE))
+            .where(exp.column("status").eq(exp.Literal.string("succeeded")))
+        )
+        return int(rows[0][0]) + 1
+
+    def advance(self, changes: str, fingerprints: exp.Query, generation: int, now: datetime) -> None:
+        """Applies a run's changes: drops rows of definitions whose logic changed, replaces the rows of
+        every changed (definition, trait key, profile), and inserts the new present values."""
+        state = self.table(STATE_TABLE)
+        stale = (
+            exp.select(exp.Literal.number(1))
+            .from_(fingerprints.subquery("f"))
+            .where(
+                exp.and_(
+                    exp.column("definition_key", "f").eq(exp.column("definition_key", STATE_TABLE)),
+                    exp.column("fingerprint", "f").neq(exp.column("fingerprint", STATE_TABLE)),
+                )
+            )
+        )
+        self.warehouse.execute(exp.delete(state, where=exp.Exists(this=stale)))
+        replaced = (
+            exp.select(exp.Literal.number(1))
+            .from_(exp.table_(changes, alias="c"))
+            .where(
+                exp.and_(
+                    *(
+                        exp.column(k, "c").eq(exp.column(k, STATE_TABLE))
+                        for k in ("definition_key", "trait_key", "profile_id")
+                    )
+                )
+            )
+        )
+        self.warehouse.execute(exp.delete(state, where=exp.Exists(this=replaced)))
+        fresh = (
+            exp.select(
+                exp.column("definition_key", "c"),
+                exp.column("trait_key", "c"),
+                exp.column("fingerprint", "c"),
+                exp.column("profile_id", "c"),
+                exp.column("user_id", "c"),
+                exp.column("anonymous_id", "c"),
+                exp.column("new_text", "c"),
+                exp.column("new_num", "c"),
+                exp.Literal.number(generation),
+                exp.cast(exp.Literal.string(now.isoformat(sep=" ")), "TIMESTAMP"),
+            )
+            .from_(exp.table_(changes, alias="c"))
+            .where(exp.column("present", "c"))
+        )
+        self.warehouse.execute(exp.insert(fresh, state, columns=[c for c, _ in STATE_COLUMNS]))
+
+    def record_run(self, record: RunRecord) -> None:
+        values = [
+            record.run_id,
+            record.space,
+            record.generation,
+            record.as_of,
+            record.started_at,
+            record.finished_at,
+            record.status,
+            record.entered,
+            record.exited,
+            record.changed,
+            json.dumps(record.summary, sort_keys=True),
+            record.error,
+        ]
+        insert = exp.insert(
+            exp.select(*(exp.Placeholder() for _ in values)),
+            self.table(RUNS_TABLE),
+            columns=[c for c, _ in RUN_COLUMNS],
+        )
+        self.warehouse.execute(insert, values)
+
+    def runs(self, limit: int = 20) -> list[RunRecord]:
+        if not self.warehouse.table_columns(self.schema, RUNS_TABLE):
+            return []
+        rows = self.warehouse.fetchall(
+            exp.select(*(c for c, _ in RUN_COLUMNS))
+            .from_(self.table(RUNS_TABLE))
+            .order_by(exp.Ordered(this=exp.column("started_at"), desc=True))
+            .limit(limit)
+        )
+        return [
+            RunRecord(
+                run_id=r[0],
+                space=r[1],
+                generation=r[2],
+                as_of=r[3],
+                started_at=r[4],
+                finished_at=r[5],
+                status=r[6],
+                entered=r[7] or 0,
+                exited=r[8] or 0,
+                changed=r[9] or 0,
+                summary=json.loads(r[10]) if r[10] else {},
+                error=r[11],
+            )
+            for r in rows
+        ]

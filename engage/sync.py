@@ -1,0 +1,350 @@
+"""One run of one space, the only place that knows the order of the stages:
+
+definitions → compile → run in the warehouse → diff → messages → connectors → state.
+
+Everything that can be wrong with the user's input is found before the first statement runs (exit 2).
+The state advances in the same transaction as the in-warehouse outputs, after every other connector
+has taken the run's calls; a failure anywhere before that commit leaves outputs and state as they were.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlglot import exp
+
+from engage import diff
+from engage.catalog import Catalog
+from engage.compile.compiler import CompiledDefinition, CompiledSpace, compile_space
+from engage.config import Project, Space
+from engage.connector import Connector, Delivery, load_connector
+from engage.console import Console, NoopConsole
+from engage.definitions.loader import LoadedDefinition, load_definitions
+from engage.definitions.references import check_references
+from engage.errors import ConfigError, DataError, EngageError, InputError, RunError
+from engage.identity import resolver_for
+from engage.messages import MessageContext, WarehouseRows
+from engage.state import RunRecord, StateStore
+from engage.warehouse import Warehouse, open_warehouse
+
+log = logging.getLogger("engage.sync")
+
+
+@dataclass
+class DefinitionCounts:
+    key: str
+    kind: str
+    entered: int = 0
+    exited: int = 0
+    changed: int = 0
+    size: int = 0  # members (audiences) or profiles with a value (traits) after the run
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    space: str
+    as_of: datetime
+    generation: int
+    dry_run: bool
+    definitions: list[DefinitionCounts] = field(default_factory=list)
+    destinations: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def entered(self) -> int:
+        return sum(d.entered for d in self.definitions)
+
+    @property
+    def exited(self) -> int:
+        return sum(d.exited for d in self.definitions)
+
+    @property
+    def changed(self) -> int:
+        return sum(d.changed for d in self.definitions)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["as_of"] = self.as_of.isoformat()
+        data.update(entered=self.entered, exited=self.exited, changed=self.changed, status="succeeded")
+        return data
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def parse_as_of(text: str | None) -> datetime:
+    """`--as-of`: an ISO time (UTC when no offset is given); default now, to the second."""
+    if text is None:
+        return utc_now().replace(microsecond=0)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as err:
+        raise InputError(f"--as-of: not an ISO time: {text!r}") from err
+    return moment if moment.tzinfo is None else moment.astimezone(UTC).replace(tzinfo=None)
+
+
+@dataclass
+class PreparedSpace:
+    """A space whose input is valid: definitions loaded and resolved against the warehouse catalog."""
+
+    space: Space
+    warehouse: Warehouse
+    definitions: list[LoadedDefinition]
+    catalog: Catalog
+    connectors: list[Connector]
+
+    def compile(self, as_of: datetime, dialect: str | None = None) -> CompiledSpace:
+        types = {
+            d.key: self.warehouse.query_columns(d.query)
+            for d in self.definitions
+            if d.query is not None and dialect in (None, self.warehouse.dialect)
+        }
+        return compile_space(
+            self.definitions,
+            self.catalog,
+            resolver_for(self.space.config.identity),
+            as_of,
+            dialect or self.warehouse.dialect,
+            types,
+        )
+
+
+@contextmanager
+def prepare(project: Project, space_name: str, *, read_only: bool = False) -> Iterator[PreparedSpace]:
+    """Validates a space against its warehouse and yields it with an open connection. No SQL but
+    catalog reads runs here."""
+    space = project.space(space_name)
+    dialect = space.config.warehouse.type
+    definitions = load_definitions(space.definitions_dir, project.root, dialect)
+    connectors = [
+        load_connector(config.type)(name, config, space) for name, config in space.config.destinations.items()
+    ]
+    warehouse = open_readonly(space) if read_only else open_warehouse(space)
+    try:
+        catalog = warehouse.describe(space.config.sources)
+        missing = [s for s in space.config.sources if not catalog.source_exists(s)]
+        if missing:
+            raise ConfigError(
+                f"source schema {', '.join(missing)} not found in the warehouse ({warehouse.location});"
+                " run `engage demo` for sample data",
+                space.locate("sources"),
+            )
+        check_references(definitions, catalog, list(space.config.destinations))
+        for connector in connectors:
+            connector.check(warehouse)
+        yield PreparedSpace(space, warehouse, definitions, catalog, connectors)
+    finally:
+        warehouse.close()
+
+
+def open_readonly(space: Space) -> Warehouse:
+    """A connection that cannot write (validate, compile, status): it never creates a missing database."""
+    config = space.config.warehouse
+    if config.type == "duckdb" and not space.resolve(config.path).exists():
+        raise ConfigError(
+            f"warehouse file {config.path} does not exist; run `engage demo` to create sample data",
+            space.locate("warehouse", "path"),
+        )
+    return open_warehouse(space, read_only=True)
+
+
+def run_space(
+    project: Project,
+    space_name: str,
+    *,
+    as_of: datetime | None = None,
+    dry_run: bool = False,
+    console: Console | None = None,
+) -> RunSummary:
+    """Runs one space once: computes every definition as of `as_of`, sends the changes, advances state."""
+    console = console or NoopConsole()
+    moment = as_of or parse_as_of(None)
+    with prepare(project, space_name) as prepared:
+        return Run(prepared, moment, dry_run, console).execute()
+
+
+def _routes_to(definition: CompiledDefinition, destination: str) -> bool:
+    """A definition goes to every destination of its space unless it lists its own."""
+    chosen = definition.loaded.definition.destinations
+    return chosen is None or destination in chosen
+
+
+class Run:
+    def __init__(self, prepared: PreparedSpace, as_of: datetime, dry_run: bool, console: Console) -> None:
+        self.prepared = prepared
+        self.space = prepared.space
+        self.warehouse = prepared.warehouse
+        self.as_of = as_of
+        self.dry_run = dry_run
+        self.console = console
+        self.state = StateStore(self.warehouse, self.space.output_schema)
+        self.started = utc_now()
+        self.run_id = uuid.uuid4().hex
+        self.generation = self.state.next_generation()
+
+    def execute(self) -> RunSummary:
+        clock = time.monotonic()
+        summary = RunSummary(self.run_id, self.space.name, self.as_of, self.generation, self.dry_run)
+        try:
+            with self.console.stage("compile"):
+                compiled = self.prepared.compile(self.as_of)
+            self._compute(compiled)
+            summary.definitions = self._counts(compiled)
+            if not self.dry_run:
+                summary.destinations = self._deliver_and_advance(compiled, summary)
+        except RunError as err:
+            if not self.dry_run:
+                self._record_failure(err)
+            raise
+        summary.seconds = round(time.monotonic() - clock, 3)
+        log.info(
+            "run %s space=%s generation=%s as_of=%s entered=%s exited=%s changed=%s seconds=%s dry_run=%s",
+            self.run_id, self.space.name, self.generation, self.as_of.isoformat(), summary.entered,
+            summary.exited, summary.changed, summary.seconds, self.dry_run,
+        )  # fmt: skip
+        return summary
+
+    def _compute(self, compiled: CompiledSpace) -> None:
+        for item in compiled.sql_traits:
+            with self.console.stage(f"SQL trait {item.definition.key}"):
+                self.warehouse.create_temp_table(item.table, item.query)
+                self._check_sql_trait(item.table, item.identifier, item.definition)
+        with self.console.stage("compute audiences and traits"):
+            self.warehouse.create_temp_table(diff.CURRENT, compiled.query)
+        with self.console.stage("diff against state"):
+            self.warehouse.create_temp_table(diff.CURRENT_LONG, diff.current_long(compiled.definitions))
+            changes = diff.changes(
+                self.space.name, compiled.definitions, self.state.previous(), self.generation
+            )
+            self.warehouse.create_temp_table(diff.CHANGES, changes)
+
+    def _check_sql_trait(self, table: str, identifier: str, loaded: LoadedDefinition) -> None:
+        column = exp.column(identifier)
+        nulls, duplicates = self.warehouse.fetchall(
+            exp.select(
+                exp.func("COALESCE", exp.func("SUM", exp.case().when(column.is_(exp.null()), 1).else_(0)), 0),
+                exp.Count(this=column) - exp.Count(this=exp.Distinct(expressions=[column])),
+            ).from_(table)
+        )[0]
+        where = loaded.locate("sql")
+        if nulls:
+            raise DataError(
+                f"{where}: SQL trait '{loaded.key}' returned {nulls} rows with a null {identifier}"
+            )
+        if duplicates:
+            raise DataError(
+                f"{where}: SQL trait '{loaded.key}' returned {duplicates} duplicate {identifier} values"
+            )
+
+    def _counts(self, compiled: CompiledSpace) -> list[DefinitionCounts]:
+        counts = {d.key: DefinitionCounts(d.key, d.kind) for d in compiled.definitions}
+        rows = self.warehouse.fetchall(
+            exp.select(
+                "definition_key", "call", exp.Count(this=exp.Distinct(expressions=[exp.column("profile_id")]))
+            )
+            .from_(diff.CHANGES)
+            .group_by("definition_key", "call")
+        )
+        for key, call, number in rows:
+            entry = counts[key]
+            if call == "entered":
+                entry.entered = number
+            elif call == "exited":
+                entry.exited = number
+            else:
+                entry.changed = number
+        sizes = self.warehouse.fetchall(
+            exp.select("definition_key", exp.Count(this=exp.Distinct(expressions=[exp.column("profile_id")])))
+            .from_(diff.CURRENT_LONG)
+            .where(exp.column("value_text").is_(exp.null()).not_())
+            .group_by("definition_key")
+        )
+        for key, number in sizes:
+            counts[key].size = number
+        return list(counts.values())
+
+    def _deliveries(self, compiled: CompiledSpace) -> list[tuple[Connector, Delivery]]:
+        deliveries = []
+        for connector in self.prepared.connectors:
+            config = connector.config
+            routed = [d for d in compiled.definitions if _routes_to(d, connector.destination)]
+            context = MessageContext(self.space.name, self.as_of, utc_now(), config.events)
+            rows = WarehouseRows(diff.CHANGES, routed, context, utc_now())
+            deliveries.append(
+                (
+                    connector,
+                    Delivery(
+                        destination=connector.destination,
+                        schema=config.schema_ or self.space.output_schema,
+                        send=frozenset(config.send),
+                        definitions=routed,
+                        context=context,
+                        warehouse=self.warehouse,
+                        changes=diff.CHANGES,
+                        rows=rows,
+                    ),
+                )
+            )
+        return deliveries
+
+    def _deliver_and_advance(self, compiled: CompiledSpace, summary: RunSummary) -> dict[str, int]:
+        deliveries = self._deliveries(compiled)
+        written: dict[str, int] = {}
+        outside = [(c, d) for c, d in deliveries if not c.in_warehouse(self.warehouse)]
+        inside = [(c, d) for c, d in deliveries if c.in_warehouse(self.warehouse)]
+        for connector, delivery in outside:
+            with self.console.stage(f"deliver to {connector.destination}"):
+                written[connector.destination] = self._deliver(connector, delivery)
+        with self.console.stage("write outputs and advance state"):
+            self.state.ensure()
+            with self.warehouse.transaction():
+                for connector, delivery in inside:
+                    written[connector.destination] = self._deliver(connector, delivery)
+                self.state.advance(
+                    diff.CHANGES,
+                    diff.definitions_relation(self.space.name, compiled.definitions),
+                    self.generation,
+                    utc_now(),
+                )
+                self.state.record_run(self._record("succeeded", summary, None))
+        return written
+
+    def _deliver(self, connector: Connector, delivery: Delivery) -> int:
+        try:
+            return connector.deliver(delivery)
+        except EngageError:
+            raise
+        except Exception as err:  # a connector's own failure must not escape as a traceback
+            raise RunError(f"destination {connector.destination}: {type(err).__name__}: {err}") from err
+
+    def _record(self, status: str, summary: RunSummary | None, error: str | None) -> RunRecord:
+        return RunRecord(
+            run_id=self.run_id,
+            space=self.space.name,
+            generation=self.generation,
+            as_of=self.as_of,
+            started_at=self.started,
+            finished_at=utc_now(),
+            status=status,
+            entered=summary.entered if summary else 0,
+            exited=summary.exited if summary else 0,
+            changed=summary.changed if summary else 0,
+            summary={d.key: asdict(d) for d in summary.definitions} if summary else {},
+            error=error,
+        )
+
+    def _record_failure(self, err: RunError) -> None:
+        try:
+            self.state.ensure()
+            self.state.record_run(self._record("failed", None, str(err)))
+        except EngageError:
+            log.exception("could not record the failed run %s", self.run_id)

@@ -1,0 +1,27 @@
+"""Warehouse adapters, one module per engine; `open_warehouse` picks one from the space's config."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from engage.warehouse.base import Capabilities, Warehouse
+
+if TYPE_CHECKING:
+    from engage.config import Space
+
+__all__ = ["Capabilities", "Warehouse", "open_warehouse"]
+
+
+def open_warehouse(space: Space, *, read_only: bool = False) -> Warehouse:
+    """Connects to the space's warehouse. Drivers are imported only when their engine is used."""
+    config = space.config.warehouse
+    if config.type == "duckdb":
+        from engage.warehouse.duckdb import DuckDBWarehouse
+
+        return DuckDBWarehouse(
+            space.resolve(config.path),
+            read_only=read_only,
+            threads=config.threads,
+            memory_limit=config.memory_limit,
+        )
+    raise AssertionError(f"unhandled warehouse type {config.type}")

@@ -1,0 +1,114 @@
+"""The warehouse adapter contract: everything engage asks of an engine, and nothing engine-specific.
+
+Engines differ in capability flags, never in `if dialect == …` branches in the core: the compiler reads
+`Capabilities` and the adapter renders every sqlglot expression in its own dialect.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from sqlglot import exp
+
+from engage.catalog import Catalog
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the engine can do; the compiler and the diff pick their SQL from these flags."""
+
+    dialect: str
+    transactional_ddl: bool = True  # ALTER TABLE inside a transaction that also writes rows
+    supports_filter_clause: bool = True  # AGG(x) FILTER (WHERE …)
+    supports_arg_max: bool = True  # ARG_MAX/MAX_BY with a row-valued ordering key
+
+
+class Warehouse(ABC):
+    """One connection to one engine. Statements are sqlglot expressions, rendered here and only here."""
+
+    capabilities: ClassVar[Capabilities]
+
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """What identifies the database (a resolved file path, a host and database): a destination at the
+        same location is written in place, with SQL."""
+
+    @property
+    def dialect(self) -> str:
+        return self.capabilities.dialect
+
+    def render(self, statement: exp.Expr) -> str:
+        return statement.sql(dialect=self.dialect, identify=True)
+
+    @abstractmethod
+    def execute(self, statement: exp.Expr, parameters: Sequence[Any] = ()) -> None:
+        """Runs one statement that returns nothing the caller needs."""
+
+    @abstractmethod
+    def fetchall(self, query: exp.Expr) -> list[tuple[Any, ...]]:
+        """Runs a query whose result is small (counts, key names, metadata)."""
+
+    @abstractmethod
+    def fetch_batches(self, query: exp.Expr, size: int) -> Iterator[tuple[list[str], list[tuple[Any, ...]]]]:
+        """Streams a query's rows in batches of at most `size`, with the column names."""
+
+    @abstractmethod
+    def executemany(self, statement: exp.Expr, rows: Sequence[Sequence[Any]]) -> None:
+        """Runs a parameterized statement once per row (driver placeholders in `statement`)."""
+
+    @abstractmethod
+    def query_columns(self, query: exp.Query) -> dict[str, str]:
+        """Column name → portable type of a query's result, without running it."""
+
+    @abstractmethod
+    def describe(self, schemas: Sequence[str]) -> Catalog:
+        """The tables and columns of `schemas` (missing schemas are simply absent)."""
+
+    @abstractmethod
+    def table_columns(self, schema: str, table: str) -> dict[str, str]:
+        """Column name → portable type for one table; empty when the table does not exist."""
+
+    @abstractmethod
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Commits the statements run inside it together, or none of them."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    # -- DDL every engine shares; adapters override where their syntax differs -------------------------
+    def ensure_schema(self, schema: str) -> None:
+        self.execute(exp.Create(this=exp.Table(this=exp.to_identifier(schema)), kind="SCHEMA", exists=True))
+
+    def ensure_table(self, schema: str, table: str, columns: Sequence[tuple[str, exp.DataType]]) -> None:
+        definition = exp.Schema(
+            this=exp.table_(table, db=schema),
+            expressions=[exp.ColumnDef(this=exp.to_identifier(name), kind=kind) for name, kind in columns],
+        )
+        self.execute(exp.Create(this=definition, kind="TABLE", exists=True))
+
+    def add_column(self, schema: str, table: str, column: str, kind: exp.DataType) -> None:
+        self.execute(
+            exp.Alter(
+                this=exp.table_(table, db=schema),
+                kind="TABLE",
+                actions=[exp.ColumnDef(this=exp.to_identifier(column), kind=kind)],
+            )
+        )
+
+    def create_temp_table(self, name: str, query: exp.Query) -> None:
+        """Materializes `query` for this connection only: nothing is written to the warehouse's files."""
+        self.execute(
+            exp.Create(
+                this=exp.table_(name),
+                kind="TABLE",
+                expression=query,
+                replace=True,
+                properties=exp.Properties(expressions=[exp.TemporaryProperty()]),
+            )
+        )

@@ -1,0 +1,121 @@
+"""The embedded default engine: a DuckDB database file."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from sqlglot import exp
+
+from engage.catalog import Catalog, Table, portable_type
+from engage.errors import TransientWarehouseError, WarehouseError
+from engage.warehouse.base import Capabilities, Warehouse
+
+
+def _translate(err: duckdb.Error, sql: str) -> WarehouseError:
+    """Driver errors become engage's, once, here: lock conflicts may pass on retry; the rest will not."""
+    first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if isinstance(err, duckdb.TransactionException | duckdb.IOException) and "lock" in str(err).lower():
+        return TransientWarehouseError(f"duckdb: {first_line}")
+    return WarehouseError(f"duckdb: {first_line}\n  in: {sql[:300]}")
+
+
+class DuckDBWarehouse(Warehouse):
+    capabilities = Capabilities(dialect="duckdb")
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        read_only: bool = False,
+        threads: int | None = None,
+        memory_limit: str | None = None,
+    ) -> None:
+        self.path = path
+        if not read_only:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        config: dict[str, Any] = {}
+        if threads is not None:
+            config["threads"] = threads
+        if memory_limit is not None:
+            config["memory_limit"] = memory_limit
+        try:
+            self.connection = duckdb.connect(str(path), read_only=read_only, config=config)
+        except duckdb.Error as err:
+            raise _translate(err, f"open {path}") from err
+
+    @property
+    def location(self) -> str:
+        return f"duckdb:{self.path.resolve()}"
+
+    def _run(self, sql: str, parameters: Sequence[Any] = ()) -> duckdb.DuckDBPyConnection:
+        try:
+            return self.connection.execute(sql, list(parameters) if parameters else None)
+        except duckdb.Error as err:
+            raise _translate(err, sql) from err
+
+    def execute(self, statement: exp.Expr, parameters: Sequence[Any] = ()) -> None:
+        self._run(self.render(statement), parameters)
+
+    def fetchall(self, query: exp.Expr) -> list[tuple[Any, ...]]:
+        return self._run(self.render(query)).fetchall()
+
+    def fetch_batches(self, query: exp.Expr, size: int) -> Iterator[tuple[list[str], list[tuple[Any, ...]]]]:
+        # The connection itself, not a cursor: a DuckDB cursor is another connection and would not
+        # see this run's temporary tables. Callers must not run statements while iterating.
+        sql = self.render(query)
+        result = self._run(sql)
+        names = [d[0] for d in result.description or []]
+        try:
+            while rows := result.fetchmany(size):
+                yield names, rows
+        except duckdb.Error as err:
+            raise _translate(err, sql) from err
+
+    def executemany(self, statement: exp.Expr, rows: Sequence[Sequence[Any]]) -> None:
+        sql = self.render(statement)
+        try:
+            self.connection.executemany(sql, [list(r) for r in rows])
+        except duckdb.Error as err:
+            raise _translate(err, sql) from err
+
+    def describe(self, schemas: Sequence[str]) -> Catalog:
+        if not schemas:
+            return Catalog((), {})
+        placeholders = ", ".join("?" for _ in schemas)
+        rows = self._run(
+            "SELECT table_schema, table_name, column_name, data_type FROM information_schema.columns"
+            f" WHERE table_catalog = current_database() AND table_schema IN ({placeholders})"
+            " ORDER BY table_schema, table_name, ordinal_position",
+            list(schemas),
+        ).fetchall()
+        tables: dict[tuple[str, str], Table] = {}
+        for schema, table, column, data_type in rows:
+            tables.setdefault((schema, table), Table(schema, table)).columns[column] = portable_type(
+                data_type
+            )
+        return Catalog(tuple(schemas), tables)
+
+    def query_columns(self, query: exp.Query) -> dict[str, str]:
+        rows = self._run("DESCRIBE " + self.render(query)).fetchall()
+        return {name: portable_type(kind) for name, kind, *_ in rows}
+
+    def table_columns(self, schema: str, table: str) -> dict[str, str]:
+        found = self.describe([schema]).tables.get((schema, table))
+        return dict(found.columns) if found else {}
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self._run("BEGIN TRANSACTION")
+        try:
+            yield
+        except BaseException:
+            self.connection.rollback()
+            raise
+        self._run("COMMIT")
+
+    def close(self) -> None:
+        self.connection.close()
