@@ -178,6 +178,34 @@ def _routes_to(definition: CompiledDefinition, destination: str) -> bool:
     return chosen is None or destination in chosen
 
 
+def materialize_current(warehouse: Warehouse, compiled: CompiledSpace, console: Console) -> None:
+    """Runs a space's SQL traits (checking their identifiers) and its current-values query into
+    temporary tables of this connection: `__engage_current` holds one row per profile."""
+    for item in compiled.sql_traits:
+        with console.stage(f"SQL trait {item.definition.key}"):
+            warehouse.create_temp_table(item.table, item.query)
+            _check_sql_trait(warehouse, item.table, item.identifier, item.definition)
+    with console.stage("compute audiences and traits"):
+        warehouse.create_temp_table(diff.CURRENT, compiled.query)
+
+
+def _check_sql_trait(warehouse: Warehouse, table: str, identifier: str, loaded: LoadedDefinition) -> None:
+    column = exp.column(identifier)
+    nulls, duplicates = warehouse.fetchall(
+        exp.select(
+            exp.func("COALESCE", exp.func("SUM", exp.case().when(column.is_(exp.null()), 1).else_(0)), 0),
+            exp.Count(this=column) - exp.Count(this=exp.Distinct(expressions=[column])),
+        ).from_(table)
+    )[0]
+    where = loaded.locate("sql")
+    if nulls:
+        raise DataError(f"{where}: SQL trait '{loaded.key}' returned {nulls} rows with a null {identifier}")
+    if duplicates:
+        raise DataError(
+            f"{where}: SQL trait '{loaded.key}' returned {duplicates} duplicate {identifier} values"
+        )
+
+
 class Run:
     def __init__(self, prepared: PreparedSpace, as_of: datetime, dry_run: bool, console: Console) -> None:
         self.prepared = prepared
@@ -214,36 +242,13 @@ class Run:
         return summary
 
     def _compute(self, compiled: CompiledSpace) -> None:
-        for item in compiled.sql_traits:
-            with self.console.stage(f"SQL trait {item.definition.key}"):
-                self.warehouse.create_temp_table(item.table, item.query)
-                self._check_sql_trait(item.table, item.identifier, item.definition)
-        with self.console.stage("compute audiences and traits"):
-            self.warehouse.create_temp_table(diff.CURRENT, compiled.query)
+        materialize_current(self.warehouse, compiled, self.console)
         with self.console.stage("diff against state"):
             self.warehouse.create_temp_table(diff.CURRENT_LONG, diff.current_long(compiled.definitions))
             changes = diff.changes(
                 self.space.name, compiled.definitions, self.state.previous(), self.generation
             )
             self.warehouse.create_temp_table(diff.CHANGES, changes)
-
-    def _check_sql_trait(self, table: str, identifier: str, loaded: LoadedDefinition) -> None:
-        column = exp.column(identifier)
-        nulls, duplicates = self.warehouse.fetchall(
-            exp.select(
-                exp.func("COALESCE", exp.func("SUM", exp.case().when(column.is_(exp.null()), 1).else_(0)), 0),
-                exp.Count(this=column) - exp.Count(this=exp.Distinct(expressions=[column])),
-            ).from_(table)
-        )[0]
-        where = loaded.locate("sql")
-        if nulls:
-            raise DataError(
-                f"{where}: SQL trait '{loaded.key}' returned {nulls} rows with a null {identifier}"
-            )
-        if duplicates:
-            raise DataError(
-                f"{where}: SQL trait '{loaded.key}' returned {duplicates} duplicate {identifier} values"
-            )
 
     def _counts(self, compiled: CompiledSpace) -> list[DefinitionCounts]:
         counts = {d.key: DefinitionCounts(d.key, d.kind) for d in compiled.definitions}

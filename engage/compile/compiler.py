@@ -284,9 +284,9 @@ class Compiler:
                 columns.append(exp.alias_(expression, alias))
         query = exp.select(*columns).from_(AGGREGATES_CTE)
         for name, on in self._joins:
-            query = query.join(exp.table_(name), on=on, join_type="left")
+            query = query.join(exp.table_(name), on=on, join_type="left", copy=False)
         for name, cte in [*self.scan.ctes(), *self._ctes]:
-            query = query.with_(name, as_=cte)
+            query = query.with_(name, as_=cte, copy=False)
         return query, [[o for o, _, _ in outputs if o is not None] for outputs in per_definition]
 
 

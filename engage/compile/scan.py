@@ -107,9 +107,9 @@ class SharedScan:
                     value = exp.cast(value, sql_type(portable))
             else:
                 value = exp.cast(exp.null(), sql_type(portable))
-            select = select.select(exp.alias_(value, name))
-        return select.from_(exp.table_(table.name, db=table.source, alias=alias)).where(
-            exp.column("timestamp", alias) <= timestamp(self.as_of)
+            select = select.select(exp.alias_(value, name), copy=False)
+        return select.from_(exp.table_(table.name, db=table.source, alias=alias), copy=False).where(
+            exp.column("timestamp", alias) <= timestamp(self.as_of), copy=False
         )
 
     def events(self) -> exp.Query:
@@ -124,7 +124,7 @@ class SharedScan:
             raise AssertionError("a space with no source tables cannot be compiled")
         query: exp.Query = branches[0]
         for branch in branches[1:]:
-            query = exp.union(query, branch, distinct=False)
+            query = exp.union(query, branch, distinct=False, copy=False)
         return query
 
     def aggregates(self) -> exp.Select:
@@ -143,7 +143,7 @@ class SharedScan:
             exp.alias_(latest_anonymous, ANONYMOUS_ID),
         )
         for alias, expression in self._aggregates.values():
-            select = select.select(exp.alias_(expression, alias))
+            select = select.select(exp.alias_(expression, alias), copy=False)
         return select.from_(exp.table_(EVENTS_CTE, alias=row)).group_by(exp.column(PROFILE, row))
 
     def ctes(self) -> list[tuple[str, exp.Query]]:
@@ -165,7 +165,7 @@ def event_table_rows(
     branches = [scan.source_rows(t, typed, ordered=False) for t in tables]
     query: exp.Query = branches[0]
     for branch in branches[1:]:
-        query = exp.union(query, branch, distinct=False)
+        query = exp.union(query, branch, distinct=False, copy=False)
     return query
 
 

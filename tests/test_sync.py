@@ -1,0 +1,415 @@
+"""Runs, diffs, state and the engage_<space> outputs (SPEC §3–5), on a real DuckDB file."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from engage.errors import RunError
+from engage.state import StateStore
+from tests.conftest import Workspace
+
+BUYERS = """
+    kind: audience
+    name: Buyers
+    condition:
+      performed: Order Completed
+      within: 30d
+"""
+REVENUE = """
+    kind: trait
+    name: Revenue
+    type: sum
+    event: Order Completed
+    property: revenue
+"""
+
+
+def calls(messages: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [m for m in messages if m["type"] == kind]
+
+
+def test_first_run_sends_every_member_and_every_non_null_value(workspace: Workspace) -> None:
+    workspace.define(BUYERS + "---" + REVENUE)
+    workspace.track("Order Completed", "2024-03-01T00:00:00", user_id="u1", revenue=10.0)
+    workspace.track("Order Completed", "2024-03-02T00:00:00", user_id="u1", revenue=5.5)
+    workspace.track("Order Completed", "2024-01-01T00:00:00", user_id="u2", revenue=1.0)
+    workspace.page("2024-03-01T00:00:00", anonymous_id="a1", name="Home")
+    summary = workspace.sync("2024-03-10T00:00:00")
+    counts = {d.key: (d.entered, d.exited, d.changed, d.size) for d in summary.definitions}
+    assert counts == {"buyers": (1, 0, 0, 1), "revenue": (0, 0, 2, 2)}
+    identifies = calls(workspace.sent(), "identify")
+    assert sorted((m["userId"], json.dumps(m["traits"])) for m in identifies) == [
+        ("u1", json.dumps({"buyers": True})),
+        ("u1", json.dumps({"revenue": 15.5})),
+        ("u2", json.dumps({"revenue": 1.0})),
+    ]
+    tracks = calls(workspace.sent(), "track")
+    assert sorted((m["event"], m["userId"], m["properties"].get("buyers")) for m in tracks) == [
+        ("Audience Entered", "u1", True),
+        ("Trait Computed", "u1", None),
+        ("Trait Computed", "u2", None),
+    ]
+
+
+def test_later_runs_send_only_changes_and_a_rerun_sends_nothing(workspace: Workspace) -> None:
+    workspace.define(BUYERS + "---" + REVENUE)
+    workspace.track("Order Completed", "2024-03-01T00:00:00", user_id="u1", revenue=10.0)
+    workspace.track("Order Completed", "2024-03-05T00:00:00", user_id="u2", revenue=3.0)
+    workspace.sync("2024-03-10T00:00:00")
+    before = len(workspace.sent())
+    # u1 ages out of the 30-day window; u2 buys again.
+    workspace.track("Order Completed", "2024-04-02T00:00:00", user_id="u2", revenue=4.0)
+    summary = workspace.sync("2024-04-05T00:00:00")
+    new = workspace.sent()[before:]
+    assert {d.key: (d.entered, d.exited, d.changed) for d in summary.definitions} == {
+        "buyers": (0, 1, 0),
+        "revenue": (0, 0, 1),
+    }
+    assert sorted((m["type"], m["userId"], json.dumps(m.get("traits") or m["properties"])) for m in new) == [
+        ("identify", "u1", json.dumps({"buyers": False})),
+        ("identify", "u2", json.dumps({"revenue": 7.0})),
+        ("track", "u1", json.dumps({"audience_key": "buyers", "buyers": False})),
+        ("track", "u2", json.dumps({"trait_key": "revenue", "revenue": 7.0})),
+    ]
+    assert [m["event"] for m in calls(new, "track")] == ["Audience Exited", "Trait Computed"]
+    rerun = workspace.sync("2024-04-05T00:00:00")
+    assert (rerun.entered, rerun.exited, rerun.changed) == (0, 0, 0)
+    assert len(workspace.sent()) == before + len(new)
+
+
+def test_a_trait_value_that_becomes_null_is_sent_once_as_null(workspace: Workspace) -> None:
+    workspace.define("""
+        kind: trait
+        name: Recent Average
+        type: avg
+        event: Order Completed
+        property: revenue
+        within: 7d
+    """)
+    workspace.track("Order Completed", "2024-03-01T00:00:00", user_id="u1", revenue=8.0)
+    workspace.sync("2024-03-02T00:00:00")
+    workspace.sync("2024-03-20T00:00:00")
+    workspace.sync("2024-03-21T00:00:00")
+    values = [m["traits"]["recent_average"] for m in calls(workspace.sent(), "identify")]
+    assert values == [8.0, None]
+
+
+def test_float_sums_within_relative_tolerance_are_not_changes(workspace: Workspace) -> None:
+    workspace.define(REVENUE)
+    workspace.track("Order Completed", "2024-03-01T00:00:00", user_id="u1", revenue=0.1, row_id="o1")
+    workspace.track("Order Completed", "2024-03-01T00:00:01", user_id="u1", revenue=0.2, row_id="o2")
+    workspace.sync("2024-03-10T00:00:00")
+    assert calls(workspace.sent(), "identify")[0]["traits"]["revenue"] == 0.30000000000000004
+    with workspace.connect() as con:
+        con.execute("UPDATE website.order_completed SET revenue = CASE id WHEN 'o1' THEN 0.3 ELSE 0 END")
+    summary = workspace.sync("2024-03-11T00:00:00")
+    assert summary.changed == 0
+
+
+def test_rename_reformat_and_description_do_not_resend(workspace: Workspace) -> None:
+    workspace.define("""
+        kind: audience
+        name: Buyers
+        key: buyers
+        condition: {performed: Order Completed, within: 7d}
+    """)
+    workspace.track("Order Completed", "2024-03-01T00:00:00", user_id="u1", revenue=1.0)
+    workspace.sync("2024-03-02T00:00:00")
+    workspace.define("""
+        # reformatted, renamed, described, and the window written in hours
+        kind: audience
+        name: People Who Bought Recently
+        key: buyers
+        description: anyone with an order this week
+        condition:
+          performed: Order Completed
+          within: 168h
+    """)
+    summary = workspace.sync("2024-03-02T00:00:00")
+    assert (summary.entered, summary.exited, summary.changed) == (0, 0, 0)
+
+
+def test_a_logic_change_resends_everything(workspace: Workspace) -> None:
+    workspace.define("""
+        kind: audience
+        name: Buyers
+        condition: {performed: Order Completed, within: 7d}
+    """)
+    workspace.track("Order Completed", "2024-03-01T00:00:00", user_id="u1", revenue=1.0)
+    workspace.track("Order Completed", "2024-02-01T00:00:00", user_id="u2", revenue=1.0)
+    workspace.sync("2024-03-02T00:00:00")
+    workspace.define("""
+        kind: audience
+        name: Buyers
+        condition: {performed: Order Completed, within: 60d}
+    """)
+    summary = workspace.sync("2024-03-02T00:00:00")
+    assert [(d.key, d.entered, d.exited) for d in summary.definitions] == [("buyers", 2, 0)]
+    entered = [m["userId"] for m in calls(workspace.sent(), "identify")]
+    assert entered == ["u1", "u1", "u2"]
+    stored = workspace.query("SELECT DISTINCT fingerprint FROM engage_default._engage_state")
+    assert len(stored) == 1
+
+
+def test_a_removed_definition_sends_no_exits_and_keeps_its_state(workspace: Workspace) -> None:
+    path = workspace.define(BUYERS, name="buyers.yml")
+    workspace.define(REVENUE, name="revenue.yml")
+    workspace.track("Order Completed", "2024-03-01T00:00:00", user_id="u1", revenue=1.0)
+    workspace.sync("2024-03-02T00:00:00")
+    path.unlink()
+    summary = workspace.sync("2024-06-01T00:00:00")
+    assert [d.key for d in summary.definitions] == ["revenue"]
+    assert summary.exited == 0
+    kept = workspace.query(
+        "SELECT profile_id FROM engage_default._engage_state WHERE definition_key = 'buyers'"
+    )
+    assert kept == [("u1",)]
+
+
+def test_outputs_land_in_engage_schema_with_segment_columns(workspace: Workspace) -> None:
+    workspace.define(BUYERS + "---" + REVENUE)
+    workspace.track("Order Completed", "2024-03-01T00:00:00", user_id="u1", revenue=2.5)
+    workspace.track("Order Completed", "2024-03-01T00:00:00", anonymous_id="a1", revenue=1.0)
+    workspace.sync("2024-03-02T00:00:00")
+    identifies = workspace.query(
+        "SELECT user_id, anonymous_id, buyers, revenue, context_personas_computation_key,"
+        " context_personas_computation_class, timestamp FROM engage_default.identifies ORDER BY 1, 5"
+    )
+    assert [row[:6] for row in identifies] == [
+        ("u1", None, True, None, "buyers", "audience"),
+        ("u1", None, None, 2.5, "revenue", "trait"),
+        (None, "a1", None, 1.0, "revenue", "trait"),
+    ]
+    assert {str(row[6]) for row in identifies} == {"2024-03-02 00:00:00"}
+    assert workspace.query("SELECT id, buyers, revenue FROM engage_default.users") == [("u1", True, 2.5)]
+    entered = workspace.query(
+        "SELECT user_id, audience_key, buyers, event, event_text FROM engage_default.audience_entered"
+    )
+    assert entered == [("u1", "buyers", True, "audience_entered", "Audience Entered")]
+    computed = workspace.query(
+        "SELECT user_id, anonymous_id, trait_key, revenue FROM engage_default.trait_computed ORDER BY 1"
+    )
+    assert computed == [("u1", None, "revenue", 2.5), (None, "a1", "revenue", 1.0)]
+    events = workspace.query("SELECT event, count(*) FROM engage_default.tracks GROUP BY 1 ORDER BY 1")
+    assert events == [("audience_entered", 1), ("trait_computed", 2)]
+    ids = workspace.query(
+        "SELECT id FROM engage_default.identifies UNION ALL SELECT id FROM engage_default.tracks"
+    )
+    sent_ids = sorted(m["messageId"] for m in workspace.sent())
+    assert sorted(i for (i,) in ids) == sent_ids
+
+
+def test_users_upsert_keeps_the_latest_value_of_every_key(workspace: Workspace) -> None:
+    workspace.define(BUYERS + "---" + REVENUE)
+    workspace.track("Order Completed", "2024-03-01T00:00:00", user_id="u1", revenue=2.0)
+    workspace.sync("2024-03-02T00:00:00")
+    workspace.track("Order Completed", "2024-03-03T00:00:00", user_id="u1", revenue=3.0)
+    workspace.sync("2024-03-04T00:00:00")
+    assert workspace.query("SELECT id, buyers, revenue FROM engage_default.users") == [("u1", True, 5.0)]
+    workspace.sync("2024-05-01T00:00:00")  # the audience window passes: buyers → false, revenue stays
+    assert workspace.query("SELECT id, buyers, revenue FROM engage_default.users") == [("u1", False, 5.0)]
+    exited = workspace.query("SELECT user_id, buyers FROM engage_default.audience_exited")
+    assert exited == [("u1", False)]
+
+
+def test_a_new_definition_adds_its_column(workspace: Workspace) -> None:
+    workspace.define(BUYERS, name="buyers.yml")
+    workspace.track("Order Completed", "2024-03-01T00:00:00", user_id="u1", revenue=2.0)
+    workspace.sync("2024-03-02T00:00:00")
+    columns = {r[0] for r in workspace.query(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'engage_default'"
+        " AND table_name = 'identifies'")}  # fmt: skip
+    assert "buyers" in columns and "revenue" not in columns
+    workspace.define(REVENUE, name="revenue.yml")
+    workspace.sync("2024-03-02T00:00:00")
+    types = dict(workspace.query(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'engage_default'"
+        " AND table_name = 'identifies'"))  # fmt: skip
+    assert types["revenue"] == "DOUBLE" and types["buyers"] == "BOOLEAN"
+    rows = workspace.query("SELECT buyers, revenue FROM engage_default.identifies ORDER BY received_at")
+    assert rows == [(True, None), (None, 2.0)]
+
+
+def test_a_key_becomes_a_column_only_when_its_first_non_null_value_arrives(workspace: Workspace) -> None:
+    workspace.define("""
+        kind: trait
+        name: Best Coupon
+        type: last
+        event: Order Completed
+        property: coupon
+    """)
+    workspace.track(
+        "Order Completed", "2024-03-01T00:00:00", user_id="u1", types={"coupon": "VARCHAR"}, coupon=None
+    )
+    workspace.sync("2024-03-02T00:00:00")
+    columns = {r[0] for r in workspace.query(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'engage_default'")}  # fmt: skip
+    assert "best_coupon" not in columns
+
+
+def test_long_strings_are_truncated_to_512_characters_in_tables_not_in_calls(workspace: Workspace) -> None:
+    workspace.define("""
+        kind: trait
+        name: Note
+        type: last
+        event: Order Completed
+        property: note
+    """)
+    workspace.track("Order Completed", "2024-03-01T00:00:00", user_id="u1", note="x" * 600)
+    workspace.sync("2024-03-02T00:00:00")
+    assert workspace.query("SELECT length(note) FROM engage_default.identifies") == [(512,)]
+    assert len(calls(workspace.sent(), "identify")[0]["traits"]["note"]) == 600
+
+
+def test_dry_run_reports_counts_and_writes_nothing(workspace: Workspace) -> None:
+    workspace.define(BUYERS)
+    workspace.track("Order Completed", "2024-03-01T00:00:00", user_id="u1", revenue=2.0)
+    summary = workspace.sync("2024-03-02T00:00:00", dry_run=True)
+    assert summary.entered == 1 and summary.dry_run
+    assert workspace.sent() == []
+    schemas = workspace.query(
+        "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'engage%'"
+    )
+    assert schemas == []
+    assert workspace.sync("2024-03-02T00:00:00").entered == 1
+
+
+def test_message_ids_are_deterministic_so_a_failed_run_replays_the_same_calls(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workspace.define(BUYERS)
+    workspace.track("Order Completed", "2024-03-01T00:00:00", user_id="u1", revenue=2.0)
+    original = StateStore.advance
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RunError("simulated crash before the state advanced")
+
+    monkeypatch.setattr(StateStore, "advance", fail)
+    with pytest.raises(RunError):
+        workspace.sync("2024-03-02T00:00:00")
+    first_attempt = [m["messageId"] for m in workspace.sent()]
+    # The in-warehouse outputs (tables included) rolled back with the state; the failure is in the run log.
+    tables = workspace.query(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'engage_default'"
+    )
+    assert sorted(tables) == [("_engage_runs",), ("_engage_state",)]
+    assert workspace.query("SELECT status FROM engage_default._engage_runs") == [("failed",)]
+    monkeypatch.setattr(StateStore, "advance", original)
+    workspace.sync("2024-03-02T00:00:00")
+    replay = [m["messageId"] for m in workspace.sent()][len(first_attempt) :]
+    assert replay == first_attempt
+    assert workspace.query("SELECT count(*) FROM engage_default.identifies")[0][0] == 1
+
+
+def test_message_ids_differ_between_runs_for_a_new_transition(workspace: Workspace) -> None:
+    workspace.define(BUYERS)
+    workspace.track("Order Completed", "2024-03-01T00:00:00", user_id="u1", revenue=2.0)
+    workspace.sync("2024-03-02T00:00:00")
+    workspace.sync("2024-05-02T00:00:00")
+    workspace.track("Order Completed", "2024-05-03T00:00:00", user_id="u1", revenue=2.0)
+    workspace.sync("2024-05-04T00:00:00")
+    ids = [m["messageId"] for m in workspace.sent()]
+    assert len(ids) == 6 and len(set(ids)) == 6
+
+
+def test_call_context_and_configured_event_names(workspace: Workspace) -> None:
+    workspace.write_config("""
+        spaces:
+          default:
+            warehouse: {type: duckdb, path: .engage/warehouse.duckdb}
+            sources: [website]
+            definitions: audiences
+            destinations:
+              warehouse:
+                type: duckdb
+                send: [track]
+                events: {audience_entered: Joined Segment, audience_exited: Left Segment}
+              mem: {type: memory, send: [identify]}
+    """)
+    workspace.define(BUYERS)
+    workspace.track("Order Completed", "2024-03-01T00:00:00", user_id="u1", revenue=2.0)
+    workspace.sync("2024-03-02T00:00:00")
+    (message,) = workspace.sent()
+    assert message["type"] == "identify" and message["timestamp"] == "2024-03-02T00:00:00.000Z"
+    personas = message["context"]["personas"]
+    assert personas["computation_class"] == "audience" and personas["computation_key"] == "buyers"
+    assert personas["space_id"] == "default" and personas["namespace"] == "spa_default"
+    assert personas["computation_id"].startswith("aud_")
+    rows = workspace.query("SELECT event, event_text, audience_key FROM engage_default.joined_segment")
+    assert rows == [("joined_segment", "Joined Segment", "buyers")]
+    tables = {r[0] for r in workspace.query(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'engage_default'")}  # fmt: skip
+    assert "identifies" not in tables and "users" not in tables
+
+
+def test_definitions_route_to_their_listed_destinations_only(workspace: Workspace) -> None:
+    workspace.define(
+        BUYERS.replace("name: Buyers", "name: Buyers\n    destinations: [warehouse]") + "---" + REVENUE
+    )
+    workspace.track("Order Completed", "2024-03-01T00:00:00", user_id="u1", revenue=2.0)
+    workspace.sync("2024-03-02T00:00:00")
+    assert {m["context"]["personas"]["computation_key"] for m in workspace.sent()} == {"revenue"}
+    assert workspace.query("SELECT count(*) FROM engage_default.audience_entered") == [(1,)]
+
+
+def test_jsonl_destination_writes_segment_payloads(workspace: Workspace) -> None:
+    workspace.write_config("""
+        spaces:
+          default:
+            warehouse: {type: duckdb, path: .engage/warehouse.duckdb}
+            sources: [website]
+            definitions: audiences
+            destinations:
+              file: {type: jsonl, path: out/calls.jsonl, batch_size: 1}
+    """)
+    workspace.define(BUYERS + "---" + REVENUE)
+    workspace.track("Order Completed", "2024-03-01T00:00:00", user_id="u1", revenue=2.0)
+    workspace.track("Order Completed", "2024-03-01T00:00:00", user_id="u2", revenue=3.0)
+    workspace.sync("2024-03-02T00:00:00")
+    lines = (workspace.root / "out" / "calls.jsonl").read_text().splitlines()
+    payloads = [json.loads(line) for line in lines]
+    assert len(payloads) == 8
+    assert {p["type"] for p in payloads} == {"identify", "track"}
+    assert all(p["messageId"] and p["userId"] in ("u1", "u2") for p in payloads)
+
+
+def test_cli_sync_json_and_status(workspace: Workspace) -> None:
+    workspace.define(BUYERS)
+    workspace.track("Order Completed", "2024-03-01T00:00:00", user_id="u1", revenue=2.0)
+    result = workspace.cli("sync", "--space", "default", "--as-of", "2024-03-02T00:00:00", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["entered"] == 1 and summary["status"] == "succeeded"
+    assert summary["definitions"][0]["key"] == "buyers"
+    status = workspace.cli("status", "--space", "default", "--json")
+    runs = json.loads(status.output)
+    assert [(r["status"], r["entered"], r["generation"]) for r in runs] == [("succeeded", 1, 1)]
+    assert runs[0]["summary"]["buyers"]["entered"] == 1
+
+
+def test_cli_dry_run_prints_counts(workspace: Workspace) -> None:
+    workspace.define(BUYERS)
+    workspace.track("Order Completed", "2024-03-01T00:00:00", user_id="u1", revenue=2.0)
+    result = workspace.cli("sync", "--space", "default", "--as-of", "2024-03-02T00:00:00", "--dry-run")
+    assert result.exit_code == 0
+    assert "dry run" in result.output and "buyers" in result.output
+    assert workspace.sent() == []
+
+
+def test_a_failing_sql_trait_is_a_run_error_that_leaves_state_untouched(workspace: Workspace) -> None:
+    workspace.define(BUYERS, name="buyers.yml")
+    workspace.track("Order Completed", "2024-03-01T00:00:00", user_id="u1", revenue=2.0)
+    workspace.sync("2024-03-02T00:00:00")
+    workspace.define("""
+        kind: sql_trait
+        name: Dupes
+        sql: SELECT user_id, 1 AS one FROM website.order_completed UNION ALL SELECT user_id, 2 FROM website.order_completed
+    """, name="dupes.yml")  # fmt: skip
+    result = workspace.cli("sync", "--space", "default", "--as-of", "2024-06-02T00:00:00")
+    assert result.exit_code == 1
+    assert "audiences/dupes.yml:4" in result.output and "duplicate user_id" in result.output
+    assert workspace.query("SELECT count(*) FROM engage_default._engage_state") == [(1,)]
+    assert workspace.query("SELECT count(*) FROM engage_default.audience_exited") == [(0,)]
