@@ -9,7 +9,7 @@ are CTEs of their own; everything else is an aggregate of the shared pass (`scan
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -169,7 +169,7 @@ class Compiler:
     def filters(
         self,
         where: Sequence[PropertyFilter],
-        resolved: dict[str, str] | dict[str, str | None],
+        resolved: Mapping[str, str | None],
         column: Callable[[str], exp.Expr],
         type_of: Callable[[str], str],
     ) -> list[exp.Expr]:

@@ -6,6 +6,7 @@ A trait has a value only for profiles with at least one visible event of its eve
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from sqlglot import exp
@@ -84,7 +85,7 @@ def most_frequent(
     trait: TraitDefinition,
     tables: list[str],
     prop_column: str,
-    resolved: dict[str, str | None],
+    resolved: Mapping[str, str | None],
 ) -> exp.Expr:
     """Its own query: counts per (profile, value), then the value seen at least `min_frequency` times
     with the highest count; ties go to the alphabetically first value."""
