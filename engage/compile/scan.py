@@ -13,7 +13,7 @@ from datetime import datetime
 
 from sqlglot import exp
 
-from engage.catalog import RESERVED_TABLES, Catalog, Table
+from engage.catalog import Catalog, Table
 from engage.compile.expressions import (
     ANONYMOUS_ID,
     EVENT,
@@ -167,6 +167,3 @@ def event_table_rows(
     for branch in branches[1:]:
         query = exp.union(query, branch, distinct=False, copy=False)
     return query
-
-
-__all__ = ["AGGREGATES_CTE", "PROFILE_TABLES", "RESERVED_TABLES", "SharedScan", "event_table_rows"]

@@ -211,6 +211,3 @@ def _cycles(definitions: Sequence[LoadedDefinition], by_key: dict[str, LoadedDef
     for key in edges:
         visit(key, [key])
     return errors
-
-
-__all__ = ["InputErrors", "check_references"]

@@ -21,10 +21,7 @@ from engage.catalog import Catalog
 class Capabilities:
     """What the engine can do; the compiler and the diff pick their SQL from these flags."""
 
-    dialect: str
-    transactional_ddl: bool = True  # ALTER TABLE inside a transaction that also writes rows
-    supports_filter_clause: bool = True  # AGG(x) FILTER (WHERE …)
-    supports_arg_max: bool = True  # ARG_MAX/MAX_BY with a row-valued ordering key
+    dialect: str  # the sqlglot dialect every statement is rendered in
 
 
 class Warehouse(ABC):
