@@ -413,3 +413,12 @@ def test_a_failing_sql_trait_is_a_run_error_that_leaves_state_untouched(workspac
     assert "audiences/dupes.yml:4" in result.output and "duplicate user_id" in result.output
     assert workspace.query("SELECT count(*) FROM engage_default._engage_state") == [(1,)]
     assert workspace.query("SELECT count(*) FROM engage_default.audience_exited") == [(0,)]
+
+
+def test_rows_without_any_identifier_belong_to_no_profile(workspace: Workspace) -> None:
+    workspace.define(BUYERS.replace("within: 30d", "at_most: 5") + "\n    include_anonymous: true\n")
+    workspace.track("Order Completed", "2024-03-01T00:00:00", revenue=1.0)
+    workspace.track("Order Completed", "2024-03-01T00:00:00", anonymous_id="a1", revenue=1.0)
+    assert workspace.sync("2024-03-02T00:00:00").entered == 1
+    assert workspace.sync("2024-03-02T00:00:00").entered == 0
+    assert {m["anonymousId"] for m in workspace.sent()} == {"a1"}

@@ -108,8 +108,13 @@ class SharedScan:
             else:
                 value = exp.cast(exp.null(), sql_type(portable))
             select = select.select(exp.alias_(value, name), copy=False)
+        visible = exp.and_(
+            exp.column("timestamp", alias) <= timestamp(self.as_of),
+            # A row with no identifier belongs to no profile.
+            self.resolver.profile(alias).is_(exp.null()).not_(),
+        )
         return select.from_(exp.table_(table.name, db=table.source, alias=alias), copy=False).where(
-            exp.column("timestamp", alias) <= timestamp(self.as_of), copy=False
+            visible, copy=False
         )
 
     def events(self) -> exp.Query:

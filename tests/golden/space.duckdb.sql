@@ -16,6 +16,7 @@ WITH "events" AS (
   FROM "website"."identifies" AS "t"
   WHERE
     "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
+    AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
   UNION ALL
   SELECT
     'identifies' AS "__event",
@@ -34,6 +35,7 @@ WITH "events" AS (
   FROM "ios"."identifies" AS "t"
   WHERE
     "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
+    AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
   UNION ALL
   SELECT
     'order_completed' AS "__event",
@@ -52,6 +54,7 @@ WITH "events" AS (
   FROM "website"."order_completed" AS "t"
   WHERE
     "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
+    AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
   UNION ALL
   SELECT
     'order_completed' AS "__event",
@@ -70,6 +73,7 @@ WITH "events" AS (
   FROM "ios"."order_completed" AS "t"
   WHERE
     "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
+    AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
   UNION ALL
   SELECT
     'pages' AS "__event",
@@ -88,6 +92,7 @@ WITH "events" AS (
   FROM "website"."pages" AS "t"
   WHERE
     "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
+    AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
   UNION ALL
   SELECT
     'pages' AS "__event",
@@ -106,6 +111,7 @@ WITH "events" AS (
   FROM "ios"."pages" AS "t"
   WHERE
     "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
+    AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
   UNION ALL
   SELECT
     'product_viewed' AS "__event",
@@ -124,6 +130,7 @@ WITH "events" AS (
   FROM "website"."product_viewed" AS "t"
   WHERE
     "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
+    AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
   UNION ALL
   SELECT
     'product_viewed' AS "__event",
@@ -142,6 +149,7 @@ WITH "events" AS (
   FROM "ios"."product_viewed" AS "t"
   WHERE
     "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
+    AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
   UNION ALL
   SELECT
     'tracks' AS "__event",
@@ -160,6 +168,7 @@ WITH "events" AS (
   FROM "website"."tracks" AS "t"
   WHERE
     "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
+    AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
   UNION ALL
   SELECT
     'tracks' AS "__event",
@@ -178,6 +187,7 @@ WITH "events" AS (
   FROM "ios"."tracks" AS "t"
   WHERE
     "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
+    AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
 ), "profile_aggregates" AS (
   SELECT
     "e"."__profile",
