@@ -143,6 +143,13 @@ def sync(ctx: click.Context, space: str, as_of: str | None, dry_run: bool, as_js
 
 def _print_summary(summary: RunSummary) -> None:
     terminal = RichTerminal()
+    if summary.unchanged_since:
+        terminal.print(
+            f"space {summary.space} as of {summary.as_of.isoformat()}: nothing can have changed since run"
+            f" {summary.unchanged_since} (no new rows, same definitions, no window boundary crossed);"
+            f" nothing computed or sent in {summary.seconds:.2f}s. --full-refresh recomputes anyway."
+        )
+        return
     title = f"space {summary.space} as of {summary.as_of.isoformat()}" + (
         " (dry run: nothing written)" if summary.dry_run else ""
     )
@@ -243,6 +250,51 @@ def demo(ctx: click.Context, space: str, profiles: int, events: int, seed: int) 
         f"sample data in {config.path}: {result.profiles} profiles ({result.identified} identified),"
         f" {result.events} track events, {len(result.tables)} tables in {', '.join(selected.config.sources)}"
     )
+
+
+@main.command()
+@click.option("--profiles", default=1_000_000, show_default=True, help="Profiles in the generated data.")
+@click.option("--events", default=10_000_000, show_default=True, help="Track calls in the generated data.")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Build the throwaway project here (kept) instead of in a temporary folder.",
+)
+@click.option("--keep", is_flag=True, help="Keep the temporary project folder afterwards.")
+@click.option(
+    "--memory-limit", default="768MB", show_default=True, help="DuckDB memory_limit of the bench warehouse."
+)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="DuckDB threads (default: all).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON on stdout.")
+def bench(
+    profiles: int,
+    events: int,
+    workdir: Path | None,
+    keep: bool,
+    memory_limit: str,
+    threads: int | None,
+    as_json: bool,
+) -> None:
+    """Benchmark: generated data, timed syncs against a hand-written query, peak RSS per phase."""
+    from engage.bench import print_report, run_bench
+
+    try:
+        report = run_bench(
+            profiles=profiles,
+            events=events,
+            workdir=workdir,
+            keep=keep,
+            memory_limit=memory_limit,
+            threads=threads,
+            progress=not as_json,
+        )
+    except (RuntimeError, FileNotFoundError, ValueError) as err:
+        raise click.ClickException(str(err)) from err
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        print_report(report)
 
 
 if __name__ == "__main__":  # pragma: no cover

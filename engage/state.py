@@ -48,6 +48,7 @@ RUN_COLUMNS = [
     ("changed", "BIGINT"),
     ("summary", "VARCHAR"),
     ("error", "VARCHAR"),
+    ("inputs", "VARCHAR"),
 ]
 
 
@@ -65,6 +66,7 @@ class RunRecord:
     changed: int
     summary: dict[str, Any]
     error: str | None
+    inputs: str | None = None  # what the results were a function of (freshness.Inputs as JSON)
 
 
 class StateStore:
@@ -85,6 +87,10 @@ class StateStore:
         self.warehouse.ensure_schema(self.schema)
         for name, columns in ((STATE_TABLE, STATE_COLUMNS), (RUNS_TABLE, RUN_COLUMNS)):
             self.warehouse.ensure_table(self.schema, name, [(c, exp.DataType.build(t)) for c, t in columns])
+            existing = self.warehouse.table_columns(self.schema, name)
+            for column, kind in columns:
+                if column not in existing:  # a state table from an older engage
+                    self.warehouse.add_column(self.schema, name, column, exp.DataType.build(kind))
 
     def previous(self) -> exp.Query:
         """The state rows, or an empty relation of the same shape before the first run."""
@@ -163,6 +169,7 @@ class StateStore:
             record.changed,
             json.dumps(record.summary, sort_keys=True),
             record.error,
+            record.inputs,
         ]
         insert = exp.insert(
             exp.select(*(exp.Placeholder() for _ in values)),
@@ -171,14 +178,17 @@ class StateStore:
         )
         self.warehouse.execute(insert, values)
 
-    def runs(self, limit: int = 20) -> list[RunRecord]:
+    def runs(self, limit: int = 20, statuses: tuple[str, ...] = ()) -> list[RunRecord]:
+        """The latest runs, newest first; only those with one of `statuses` when given."""
         if not self.warehouse.table_columns(self.schema, RUNS_TABLE):
             return []
+        query = exp.select(*(c for c, _ in RUN_COLUMNS)).from_(self.table(RUNS_TABLE))
+        if statuses:
+            query = query.where(
+                exp.In(this=exp.column("status"), expressions=[exp.Literal.string(s) for s in statuses])
+            )
         rows = self.warehouse.fetchall(
-            exp.select(*(c for c, _ in RUN_COLUMNS))
-            .from_(self.table(RUNS_TABLE))
-            .order_by(exp.Ordered(this=exp.column("started_at"), desc=True))
-            .limit(limit)
+            query.order_by(exp.Ordered(this=exp.column("started_at"), desc=True)).limit(limit)
         )
         return [
             RunRecord(
@@ -194,6 +204,7 @@ class StateStore:
                 changed=r[9] or 0,
                 summary=json.loads(r[10]) if r[10] else {},
                 error=r[11],
+                inputs=r[12],
             )
             for r in rows
         ]

@@ -29,6 +29,7 @@ from engage.console import Console, NoopConsole
 from engage.definitions.loader import LoadedDefinition, load_definitions
 from engage.definitions.references import check_references
 from engage.errors import ConfigError, DataError, EngageError, InputError, RunError
+from engage.freshness import Inputs, observe, unchanged
 from engage.identity import resolver_for
 from engage.messages import MessageContext, WarehouseRows
 from engage.state import RunRecord, StateStore
@@ -57,6 +58,7 @@ class RunSummary:
     definitions: list[DefinitionCounts] = field(default_factory=list)
     destinations: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    unchanged_since: str | None = None  # run id whose results provably still hold (nothing was computed)
 
     @property
     def entered(self) -> int:
@@ -73,7 +75,8 @@ class RunSummary:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["as_of"] = self.as_of.isoformat()
-        data.update(entered=self.entered, exited=self.exited, changed=self.changed, status="succeeded")
+        status = "unchanged" if self.unchanged_since else "succeeded"
+        data.update(entered=self.entered, exited=self.exited, changed=self.changed, status=status)
         return data
 
 
@@ -163,13 +166,17 @@ def run_space(
     *,
     as_of: datetime | None = None,
     dry_run: bool = False,
+    full_refresh: bool = False,
     console: Console | None = None,
 ) -> RunSummary:
-    """Runs one space once: computes every definition as of `as_of`, sends the changes, advances state."""
+    """Runs one space once: computes every definition as of `as_of`, sends the changes, advances state.
+
+    Unless `full_refresh`, a run that provably cannot change anything (see `freshness.py`) stops after
+    its metadata checks."""
     console = console or NoopConsole()
     moment = as_of or parse_as_of(None)
     with prepare(project, space_name) as prepared:
-        return Run(prepared, moment, dry_run, console).execute()
+        return Run(prepared, moment, dry_run, console, full_refresh).execute()
 
 
 def _routes_to(definition: CompiledDefinition, destination: str) -> bool:
@@ -207,8 +214,12 @@ def _check_sql_trait(warehouse: Warehouse, table: str, identifier: str, loaded: 
 
 
 class Run:
-    def __init__(self, prepared: PreparedSpace, as_of: datetime, dry_run: bool, console: Console) -> None:
+    def __init__(
+        self, prepared: PreparedSpace, as_of: datetime, dry_run: bool, console: Console, full_refresh: bool
+    ) -> None:
         self.prepared = prepared
+        self.full_refresh = full_refresh
+        self.inputs: Inputs | None = None
         self.space = prepared.space
         self.warehouse = prepared.warehouse
         self.as_of = as_of
@@ -225,6 +236,20 @@ class Run:
         try:
             with self.console.stage("compile"):
                 compiled = self.prepared.compile(self.as_of)
+            with self.console.stage("check for new data"):
+                previous = self._unchanged_since(compiled)
+            if previous is not None:
+                summary.unchanged_since = previous.run_id
+                summary.definitions = [
+                    DefinitionCounts(d.key, d.kind, size=previous.summary.get(d.key, {}).get("size", 0))
+                    for d in compiled.definitions
+                ]
+                if not self.dry_run:
+                    self.state.record_run(self._record("unchanged", summary, None))
+                summary.seconds = round(time.monotonic() - clock, 3)
+                log.info("run %s space=%s: nothing changed since run %s; skipped", self.run_id,
+                         self.space.name, previous.run_id)  # fmt: skip
+                return summary
             self._compute(compiled)
             summary.definitions = self._counts(compiled)
             if not self.dry_run:
@@ -240,6 +265,21 @@ class Run:
             summary.exited, summary.changed, summary.seconds, self.dry_run,
         )  # fmt: skip
         return summary
+
+    def _unchanged_since(self, compiled: CompiledSpace) -> RunRecord | None:
+        """The last computing run, when its results provably still hold (freshness.py): compared with the
+        latest run, whose inputs may be those of a run that found nothing to do."""
+        self.inputs = observe(self.warehouse, self.prepared.catalog, compiled)
+        if self.full_refresh:
+            return None
+        last = self.state.runs(1, statuses=("succeeded", "unchanged"))
+        if not last or last[0].inputs is None:
+            return None
+        previous = Inputs.from_json(last[0].inputs)
+        if not unchanged(previous, self.inputs, self.warehouse, self.prepared.catalog, compiled):
+            return None
+        computed = self.state.runs(1, statuses=("succeeded",))
+        return computed[0] if computed else None
 
     def _compute(self, compiled: CompiledSpace) -> None:
         materialize_current(self.warehouse, compiled, self.console)
@@ -345,6 +385,7 @@ class Run:
             changed=summary.changed if summary else 0,
             summary={d.key: asdict(d) for d in summary.definitions} if summary else {},
             error=error,
+            inputs=self.inputs.to_json() if self.inputs and status != "failed" else None,
         )
 
     def _record_failure(self, err: RunError) -> None:

@@ -62,6 +62,8 @@ class Workspace:
         (root / ".engage").mkdir()
         self.write_config(CONFIG.format(sources=", ".join(sources)))
         self._ids = 0
+        # Rows land in one connection per batch, just before engage reads: opening the file per row is slow.
+        self._pending: list[tuple[str, str, dict[str, str], dict[str, Any]]] = []
         with self.connect() as con:
             for source in sources:
                 con.execute(f'CREATE SCHEMA "{source}"')
@@ -80,7 +82,19 @@ class Workspace:
 
     # -- landing data, the way Segment does --------------------------------------------------------------
     def connect(self) -> duckdb.DuckDBPyConnection:
-        return duckdb.connect(str(self.root / ".engage" / "warehouse.duckdb"))
+        """A connection to the warehouse file, after landing every pending row."""
+        con = duckdb.connect(str(self.root / ".engage" / "warehouse.duckdb"))
+        pending, self._pending = self._pending, []
+        for source, table, columns, row in pending:
+            self._create(con, source, table, columns)
+            self._insert(con, source, table, row)
+        return con
+
+    def flush(self) -> None:
+        self.connect().close()
+
+    def _land(self, source: str, table: str, columns: dict[str, str], row: dict[str, Any]) -> None:
+        self._pending.append((source, table, columns, row))
 
     @staticmethod
     def _create(con: duckdb.DuckDBPyConnection, source: str, table: str, columns: dict[str, str]) -> None:
@@ -129,10 +143,10 @@ class Workspace:
         table = snakecase(event)
         row = self._standard(user_id, anonymous_id, when, row_id)
         kinds = {k: (types or {}).get(k) or _kind(v) for k, v in properties.items()}
-        with self.connect() as con:
-            self._create(con, source, table, {**TRACKS, **kinds})
-            self._insert(con, source, "tracks", {**row, "event": table, "event_text": event})
-            self._insert(con, source, table, {**row, "event": table, "event_text": event, **properties})
+        self._land(source, "tracks", TRACKS, {**row, "event": table, "event_text": event})
+        self._land(
+            source, table, {**TRACKS, **kinds}, {**row, "event": table, "event_text": event, **properties}
+        )
 
     def page(
         self,
@@ -143,9 +157,12 @@ class Workspace:
         **properties: Any,
     ) -> None:
         row = self._standard(user_id, anonymous_id, when, None)
-        with self.connect() as con:
-            self._create(con, source, "pages", {**STANDARD, **{k: _kind(v) for k, v in properties.items()}})
-            self._insert(con, source, "pages", {**row, **properties})
+        self._land(
+            source,
+            "pages",
+            {**STANDARD, **{k: _kind(v) for k, v in properties.items()}},
+            {**row, **properties},
+        )
 
     def identify(
         self,
@@ -160,19 +177,22 @@ class Workspace:
         row = self._standard(user_id, anonymous_id, when, row_id)
         if received_at is not None:
             row["received_at"] = at(received_at)
-        with self.connect() as con:
-            self._create(con, source, "identifies", {**STANDARD, **{k: _kind(v) for k, v in traits.items()}})
-            self._insert(con, source, "identifies", {**row, **traits})
+        kinds = {k: _kind(v) for k, v in traits.items()}
+        self._land(source, "identifies", {**STANDARD, **kinds}, {**row, **traits})
 
     # -- running engage ----------------------------------------------------------------------------------
-    def sync(self, as_of: str, dry_run: bool = False) -> RunSummary:
-        return run_space(load_project(self.root), "default", as_of=at(as_of), dry_run=dry_run)
+    def sync(self, as_of: str, dry_run: bool = False, full_refresh: bool = False) -> RunSummary:
+        self.flush()
+        project = load_project(self.root)
+        return run_space(project, "default", as_of=at(as_of), dry_run=dry_run, full_refresh=full_refresh)
 
     def cli(self, *args: str) -> Result:
+        self.flush()
         return CliRunner().invoke(main, ["--project", str(self.root), *args], catch_exceptions=False)
 
     def current(self, as_of: str) -> dict[str, dict[str, Any]]:
         """key → {profile: value} as computed at `as_of`, without writing anything."""
+        self.flush()
         with prepare(load_project(self.root), "default", read_only=True) as prepared:
             compiled = prepared.compile(at(as_of))
             materialize_current(prepared.warehouse, compiled, NoopConsole())

@@ -105,7 +105,8 @@ def test_float_sums_within_relative_tolerance_are_not_changes(workspace: Workspa
     assert calls(workspace.sent(), "identify")[0]["traits"]["revenue"] == 0.30000000000000004
     with workspace.connect() as con:
         con.execute("UPDATE website.order_completed SET revenue = CASE id WHEN 'o1' THEN 0.3 ELSE 0 END")
-    summary = workspace.sync("2024-03-11T00:00:00")
+    summary = workspace.sync("2024-03-11T00:00:00", full_refresh=True)
+    assert summary.unchanged_since is None
     assert summary.changed == 0
 
 
@@ -422,3 +423,53 @@ def test_rows_without_any_identifier_belong_to_no_profile(workspace: Workspace) 
     assert workspace.sync("2024-03-02T00:00:00").entered == 1
     assert workspace.sync("2024-03-02T00:00:00").entered == 0
     assert {m["anonymousId"] for m in workspace.sent()} == {"a1"}
+
+
+FAST = BUYERS + "---" + REVENUE
+
+
+def test_a_run_that_cannot_change_anything_stops_after_its_checks(workspace: Workspace) -> None:
+    workspace.define(FAST)
+    workspace.track("Order Completed", "2024-03-01T00:00:00", user_id="u1", revenue=2.0)
+    first = workspace.sync("2024-03-10T00:00:00")
+    again = workspace.sync("2024-03-10T00:00:00")
+    assert again.unchanged_since == first.run_id
+    assert {d.key: d.size for d in again.definitions} == {"buyers": 1, "revenue": 1}
+    # Later, but no event crossed `as_of` or `as_of - 30d` in between: still nothing to do.
+    later = workspace.sync("2024-03-20T00:00:00")
+    assert later.unchanged_since == first.run_id
+    statuses = workspace.query("SELECT status FROM engage_default._engage_runs ORDER BY started_at")
+    assert statuses == [("succeeded",), ("unchanged",), ("unchanged",)]
+
+
+def test_crossing_a_window_boundary_recomputes(workspace: Workspace) -> None:
+    workspace.define(FAST)
+    workspace.track("Order Completed", "2024-03-01T00:00:00", user_id="u1", revenue=2.0)
+    workspace.sync("2024-03-10T00:00:00")
+    workspace.sync("2024-03-30T23:59:59")  # the order is 29.99 days old: still a buyer
+    crossed = workspace.sync("2024-03-31T00:00:01")
+    assert crossed.unchanged_since is None and crossed.exited == 1
+
+
+def test_new_rows_a_new_definition_or_full_refresh_recompute(workspace: Workspace) -> None:
+    workspace.define(FAST, name="fast.yml")
+    workspace.track("Order Completed", "2024-03-01T00:00:00", user_id="u1", revenue=2.0)
+    workspace.sync("2024-03-10T00:00:00")
+    workspace.page("2024-01-01T00:00:00", anonymous_id="a1", name="Home")  # old, but a new row
+    assert workspace.sync("2024-03-10T00:00:00").unchanged_since is None
+    workspace.define("kind: trait\nname: Pages\ntype: count\nevent: Page Viewed\n", name="pages.yml")
+    added = workspace.sync("2024-03-10T00:00:00")
+    assert added.unchanged_since is None and added.changed == 1
+    assert workspace.sync("2024-03-10T00:00:00", full_refresh=True).unchanged_since is None
+    assert workspace.sync("2024-03-10T00:00:00").unchanged_since is not None
+
+
+def test_spaces_with_sql_traits_always_recompute(workspace: Workspace) -> None:
+    workspace.define("""
+        kind: sql_trait
+        name: Orders
+        sql: SELECT user_id, COUNT(*) AS orders FROM website.order_completed GROUP BY user_id
+    """)
+    workspace.track("Order Completed", "2024-03-01T00:00:00", user_id="u1", revenue=2.0)
+    workspace.sync("2024-03-10T00:00:00")
+    assert workspace.sync("2024-03-10T00:00:00").unchanged_since is None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 from sqlglot import exp
@@ -19,7 +19,7 @@ from sqlglot import exp
 from engage.catalog import BOOLEAN, Catalog, Table
 from engage.compile.conditions import condition
 from engage.compile.expressions import ANONYMOUS_ID, PROFILE, USER_ID, compare, false_if_null, timestamp
-from engage.compile.scan import AGGREGATES_CTE, SharedScan
+from engage.compile.scan import AGGREGATES_CTE, SharedScan, event_table_rows
 from engage.compile.traits import trait_value
 from engage.definitions.loader import LoadedDefinition, sql_trait_columns, sql_trait_identifier
 from engage.definitions.models import (
@@ -90,6 +90,8 @@ class CompiledSpace:
     sql_traits: list[SqlTraitQuery]
     query: exp.Select
     as_of: datetime
+    tables: list[str]  # the source tables (by name, in every source) the queries read
+    windows: list[timedelta]  # every `within` used: results change when an event crosses as_of - N
 
     @property
     def outputs(self) -> list[Output]:
@@ -132,7 +134,8 @@ class Compiler:
         self._audiences: dict[str, exp.Expr] = {}
         self._traits: dict[str, tuple[exp.Expr, str]] = {}
         self._sql_traits: dict[str, SqlTraitQuery] = {}
-        self._email: exp.Expr | None = None
+        self._own_queries: set[str] = set()
+        self.windows: set[timedelta] = set()
 
     # -- services for conditions.py and traits.py --------------------------------------------------
     def add_cte(self, prefix: str, query: exp.Query) -> str:
@@ -146,6 +149,15 @@ class Compiler:
             on if on is not None else exp.column(PROFILE, cte).eq(exp.column(PROFILE, AGGREGATES_CTE))
         )
         self._joins.append((cte, condition_))
+
+    def event_rows(self, table: str, columns: list[str]) -> exp.Query:
+        """The visible rows of one event table, for a query with its own pass (funnels, most_frequent)."""
+        self._own_queries.add(table)
+        return event_table_rows(self.catalog, self.resolver, self.as_of, table, columns)
+
+    @property
+    def tables(self) -> list[str]:
+        return sorted(self._own_queries | set(self.scan.tables))
 
     def property_column(self, events: Sequence[str], prop: str) -> str:
         column = self.catalog.property_column(self._event_tables(events), prop)
@@ -161,6 +173,7 @@ class Compiler:
         within = getattr(node, "within", None)
         between = getattr(node, "between", None)
         if within is not None:
+            self.windows.add(within)
             return ts > timestamp(self.as_of - within)
         if between is not None:
             return exp.Between(this=ts, low=timestamp(between[0]), high=timestamp(between[1]))
@@ -308,7 +321,9 @@ def compile_space(
         CompiledDefinition(loaded, outs, fingerprint(loaded, by_key, catalog, resolver, types, dialect))
         for loaded, outs in zip(ordered, outputs, strict=True)
     ]
-    return CompiledSpace(compiled, compiler.sql_trait_queries, query, as_of)
+    return CompiledSpace(
+        compiled, compiler.sql_trait_queries, query, as_of, compiler.tables, sorted(compiler.windows)
+    )
 
 
 def fingerprint(

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from sqlglot import exp
 
 from engage.compile.expressions import PROFILE, TS, compare, conjunction, false_if_null
-from engage.compile.scan import ROW, event_table_rows
+from engage.compile.scan import ROW
 from engage.definitions.models import (
     AllCondition,
     AnyCondition,
@@ -125,7 +125,7 @@ def _step_rows(compiler: Compiler, event: str, filters: list) -> exp.Query:  # t
     table = compiler.catalog.event_table_name(event)
     resolved = {f.property: compiler.property_column([event], f.property) for f in filters}
     columns = sorted({c for c in resolved.values() if c})
-    rows = event_table_rows(compiler.catalog, compiler.resolver, compiler.as_of, table, columns)
+    rows = compiler.event_rows(table, columns)
     tables = compiler.catalog.tables_named(table)
     predicates = compiler.filters(
         filters,

@@ -43,6 +43,10 @@ class SharedScan:
         self._ordered: set[str] = set()
         self._aggregates: dict[str, tuple[str, exp.Expr]] = {}
 
+    @property
+    def tables(self) -> list[str]:
+        return sorted(self._columns)
+
     # -- what definitions ask for -------------------------------------------------------------------
     def read(self, table: str, columns: Iterable[str] = (), ordered: bool = False) -> None:
         """Declares that the pass must carry `columns` of `table` (and its tie-break keys if `ordered`)."""

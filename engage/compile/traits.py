@@ -13,7 +13,7 @@ from sqlglot import exp
 
 from engage.catalog import BIGINT, DOUBLE, VARCHAR
 from engage.compile.expressions import PROFILE, TS, conjunction, sql_type
-from engage.compile.scan import ROW, event_table_rows
+from engage.compile.scan import ROW
 from engage.definitions.models import TraitDefinition
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ def most_frequent(
     needed = sorted({prop_column, *(c for c in resolved.values() if c)})
     rows: exp.Query | None = None
     for table in tables:
-        branch = event_table_rows(compiler.catalog, compiler.resolver, compiler.as_of, table, needed)
+        branch = compiler.event_rows(table, needed)
         rows = branch if rows is None else exp.union(rows, branch, distinct=False)
     assert rows is not None
     row = ROW
