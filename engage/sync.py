@@ -106,19 +106,14 @@ class PreparedSpace:
     connectors: list[Connector]
 
     def compile(self, as_of: datetime, dialect: str | None = None) -> CompiledSpace:
+        """Compiles the space; SQL-trait column types come from the warehouse when it speaks `dialect`."""
         types = {
             d.key: self.warehouse.query_columns(d.query)
             for d in self.definitions
             if d.query is not None and dialect in (None, self.warehouse.dialect)
         }
-        return compile_space(
-            self.definitions,
-            self.catalog,
-            resolver_for(self.space.config.identity),
-            as_of,
-            dialect or self.warehouse.dialect,
-            types,
-        )
+        resolver = resolver_for(self.space.config.identity)
+        return compile_space(self.definitions, self.catalog, resolver, as_of, types)
 
 
 @contextmanager

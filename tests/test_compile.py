@@ -49,7 +49,7 @@ def definitions(tmp_path: Path, text: str) -> list[LoadedDefinition]:
 
 def compiled(tmp_path: Path, text: str, *sources: str) -> CompiledSpace:
     return compile_space(
-        definitions(tmp_path, text), catalog(*(sources or ("website",))), UserElseAnonymous(), AS_OF, "duckdb"
+        definitions(tmp_path, text), catalog(*(sources or ("website",))), UserElseAnonymous(), AS_OF
     )
 
 
@@ -223,7 +223,7 @@ def test_fingerprint_does_not_depend_on_the_as_of_or_other_definitions(tmp_path:
     text = "kind: audience\nname: A\ncondition: {performed: Order Completed, within: 7d}\n"
     alone = compiled(tmp_path, text).definitions[0].fingerprint
     later = compile_space(definitions(tmp_path, text), catalog("website"), UserElseAnonymous(),
-                          datetime(2030, 1, 1), "duckdb").definitions[0].fingerprint  # fmt: skip
+                          datetime(2030, 1, 1)).definitions[0].fingerprint  # fmt: skip
     crowded = compiled(tmp_path, text + "---\nkind: trait\nname: B\ntype: count\nevent: Product Viewed\n")
     assert alone == later == crowded.definitions[0].fingerprint
 

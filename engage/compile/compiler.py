@@ -27,6 +27,7 @@ from engage.definitions.models import (
     PropertyFilter,
     SqlTraitDefinition,
     TraitDefinition,
+    Window,
 )
 from engage.identity import ProfileResolver
 
@@ -120,14 +121,12 @@ class Compiler:
         as_of: datetime,
         definitions: dict[str, LoadedDefinition],
         sql_trait_types: dict[str, dict[str, str]],
-        dialect: str,
     ) -> None:
         self.catalog = catalog
         self.resolver = resolver
         self.as_of = as_of
         self.definitions = definitions
         self.sql_trait_types = sql_trait_types
-        self.dialect = dialect
         self.scan = SharedScan(catalog, resolver, as_of)
         self._ctes: list[tuple[str, exp.Query]] = []
         self._joins: list[tuple[str, exp.Expr]] = []
@@ -167,16 +166,14 @@ class Compiler:
     def _event_tables(self, events: Sequence[str]) -> list[Table]:
         return [t for e in events for t in self.catalog.event_tables(e)]
 
-    def window(self, node: TraitDefinition | object, ts: exp.Expr) -> exp.Expr:
+    def window(self, node: Window, ts: exp.Expr) -> exp.Expr:
         """`within: N` keeps `as_of - N < ts` (the upper bound `ts <= as_of` holds for every row read);
         `between: [from, to]` is inclusive."""
-        within = getattr(node, "within", None)
-        between = getattr(node, "between", None)
-        if within is not None:
-            self.windows.add(within)
-            return ts > timestamp(self.as_of - within)
-        if between is not None:
-            return exp.Between(this=ts, low=timestamp(between[0]), high=timestamp(between[1]))
+        if node.within is not None:
+            self.windows.add(node.within)
+            return ts > timestamp(self.as_of - node.within)
+        if node.between is not None:
+            return exp.Between(this=ts, low=timestamp(node.between[0]), high=timestamp(node.between[1]))
         return exp.true()
 
     def filters(
@@ -308,17 +305,16 @@ def compile_space(
     catalog: Catalog,
     resolver: ProfileResolver,
     as_of: datetime,
-    dialect: str,
     sql_trait_types: dict[str, dict[str, str]] | None = None,
 ) -> CompiledSpace:
     """Compiles every definition of a space into one current-values query, with fingerprints."""
     by_key = {d.key: d for d in definitions}
     ordered = sorted(definitions, key=lambda d: d.key)
     types = sql_trait_types or {}
-    compiler = Compiler(catalog, resolver, as_of, by_key, types, dialect)
+    compiler = Compiler(catalog, resolver, as_of, by_key, types)
     query, outputs = compiler.build(ordered)
     compiled = [
-        CompiledDefinition(loaded, outs, fingerprint(loaded, by_key, catalog, resolver, types, dialect))
+        CompiledDefinition(loaded, outs, fingerprint(loaded, by_key, catalog, resolver, types))
         for loaded, outs in zip(ordered, outputs, strict=True)
     ]
     return CompiledSpace(
@@ -332,7 +328,6 @@ def fingerprint(
     catalog: Catalog,
     resolver: ProfileResolver,
     sql_trait_types: dict[str, dict[str, str]],
-    dialect: str,
 ) -> str:
     """A hash of the definition's logic: its own query, compiled alone at a fixed as-of against its
     sources merged into one. Names, keys, descriptions and YAML layout do not reach it; a change of
@@ -343,7 +338,7 @@ def fingerprint(
         columns.update(table.columns)
         merged[("source", name)] = Table("source", name, columns)
     logical = Catalog(("source",), merged)
-    compiler = Compiler(logical, resolver, FINGERPRINT_AS_OF, definitions, sql_trait_types, dialect)
+    compiler = Compiler(logical, resolver, FINGERPRINT_AS_OF, definitions, sql_trait_types)
     query, outputs = compiler.build([loaded], positional=True)
     parts = [
         query.sql(dialect="duckdb"),

@@ -94,7 +94,9 @@ class PropertyFilter(_Comparison):
     property: str = Field(min_length=1)
 
 
-class _Window(_Model):
+class Window(_Model):
+    """A time window: `within: N` (relative to the as-of) or `between: [from, to]` (inclusive)."""
+
     within: Duration | None = None
     between: tuple[datetime, datetime] | None = None
 
@@ -109,7 +111,7 @@ class _Window(_Model):
         return None if value is None else (to_naive_utc(value[0]), to_naive_utc(value[1]))
 
     @model_validator(mode="after")
-    def _one_window(self) -> _Window:
+    def _one_window(self) -> Window:
         if self.within is not None and self.between is not None:
             raise ValueError("use either within or between, not both")
         if self.between is not None and self.between[0] > self.between[1]:
@@ -117,7 +119,7 @@ class _Window(_Model):
         return self
 
 
-class EventCondition(_Window):
+class EventCondition(Window):
     """`performed` / `not_performed` an event, with a count or an aggregate, a window and filters."""
 
     performed: str | None = Field(default=None, min_length=1)
@@ -349,7 +351,7 @@ class AudienceDefinition(_Definition):
     condition: Condition
 
 
-class TraitDefinition(_Window, _Definition):
+class TraitDefinition(Window, _Definition):
     kind: Literal["trait"]
     type: TraitType
     event: str | list[str]
