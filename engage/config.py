@@ -208,7 +208,7 @@ def load_project(root: Path) -> Project:
     path = root / CONFIG_PATH
     if not path.is_file():
         raise ConfigError(f"no {CONFIG_PATH} in {root} (use --project DIR)")
-    documents = list(read_documents(path, display=path))
+    documents = list(read_documents(path, display=CONFIG_PATH))
     if len(documents) != 1:
         raise ConfigError("the config file must hold exactly one YAML document", Location(path, 1))
     document = documents[0]

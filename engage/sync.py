@@ -126,7 +126,8 @@ def prepare(project: Project, space_name: str, *, read_only: bool = False) -> It
     connectors = [
         load_connector(config.type)(name, config, space) for name, config in space.config.destinations.items()
     ]
-    warehouse = open_readonly(space) if read_only else open_warehouse(space)
+    _require_database(space)
+    warehouse = open_warehouse(space, read_only=read_only)
     try:
         catalog = warehouse.describe(space.config.sources)
         missing = [s for s in space.config.sources if not catalog.source_exists(s)]
@@ -144,14 +145,19 @@ def prepare(project: Project, space_name: str, *, read_only: bool = False) -> It
         warehouse.close()
 
 
-def open_readonly(space: Space) -> Warehouse:
-    """A connection that cannot write (validate, compile, status): it never creates a missing database."""
+def _require_database(space: Space) -> None:
+    """An embedded warehouse file that does not exist holds no sources: say so, and create nothing."""
     config = space.config.warehouse
     if config.type == "duckdb" and not space.resolve(config.path).exists():
         raise ConfigError(
             f"warehouse file {config.path} does not exist; run `engage demo` to create sample data",
             space.locate("warehouse", "path"),
         )
+
+
+def open_readonly(space: Space) -> Warehouse:
+    """A connection that cannot write (validate, compile, status)."""
+    _require_database(space)
     return open_warehouse(space, read_only=True)
 
 

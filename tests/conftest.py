@@ -91,7 +91,8 @@ class Workspace:
         return con
 
     def flush(self) -> None:
-        self.connect().close()
+        if self._pending:
+            self.connect().close()
 
     def _land(self, source: str, table: str, columns: dict[str, str], row: dict[str, Any]) -> None:
         self._pending.append((source, table, columns, row))

@@ -473,3 +473,16 @@ def test_spaces_with_sql_traits_always_recompute(workspace: Workspace) -> None:
     workspace.track("Order Completed", "2024-03-01T00:00:00", user_id="u1", revenue=2.0)
     workspace.sync("2024-03-10T00:00:00")
     assert workspace.sync("2024-03-10T00:00:00").unchanged_since is None
+
+
+def test_a_missing_warehouse_file_is_reported_and_not_created(workspace: Workspace) -> None:
+    workspace.define(BUYERS)
+    database = workspace.root / ".engage" / "warehouse.duckdb"
+    database.unlink()
+    result = workspace.cli("sync", "--space", "default")
+    assert result.exit_code == 2
+    assert (
+        "config/engage.yaml:3: spaces.default.warehouse.path" in result.output
+        and "engage demo" in result.output
+    )
+    assert not database.exists()
