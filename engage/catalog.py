@@ -77,9 +77,10 @@ class Catalog:
             return []
         return self.tables_named(name)
 
-    def known_events(self) -> list[str]:
-        names = {n for _, n in self.tables if n not in RESERVED_TABLES}
-        return sorted(names | {e for e, t in _SPECIAL_EVENT_TABLES.items() if self.tables_named(t)})
+    def event_table_names(self) -> list[str]:
+        """The tables conditions can name as events: per-event tables, pages and screens."""
+        special = set(_SPECIAL_EVENT_TABLES.values())
+        return sorted({n for _, n in self.tables if n not in RESERVED_TABLES or n in special})
 
     @staticmethod
     def property_column_candidates(prop: str) -> list[str]:

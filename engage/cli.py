@@ -29,11 +29,10 @@ DIALECTS = ["duckdb", "postgres", "redshift", "snowflake", "bigquery", "databric
 
 
 def _fail(err: EngageError, as_json: bool) -> None:
+    lines = [str(e) for e in err.errors] if isinstance(err, InputErrors) else [str(err)]
     if as_json:
-        lines = [str(e) for e in err.errors] if isinstance(err, InputErrors) else [str(err)]
         click.echo(json.dumps({"status": "failed", "exit_code": err.exit_code, "errors": lines}, indent=2))
     else:
-        lines = [str(e) for e in err.errors] if isinstance(err, InputErrors) else [str(err)]
         for line in lines:
             click.secho(f"error: {line}", fg="red", err=True)
     sys.exit(err.exit_code)

@@ -12,9 +12,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 
-from engage.errors import ConfigError, InputErrors, Location
+from engage.errors import ConfigError, Location, raise_all
 from engage.naming import snakecase
 from engage.yamlfile import YamlDocument, read_documents, validation_errors
 
@@ -90,17 +90,27 @@ class DestinationConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+def _schedule_kind(value: Any) -> str:
+    return "cron" if isinstance(value, str) else "interval"
+
+
+# A cron expression, or {every: 15m}; the tag keeps pydantic from reporting both shapes' errors.
+Schedule = Annotated[
+    Annotated[str, Tag("cron")] | Annotated[IntervalSchedule, Tag("interval")], Discriminator(_schedule_kind)
+]
+
+
 class SpaceConfig(_Model):
     warehouse: WarehouseConfig
     sources: list[str] = Field(min_length=1)
     identity: IdentityConfig = IdentityConfig()
     definitions: str = "audiences"
-    schedule: str | IntervalSchedule | None = None
+    schedule: Schedule | None = None
     destinations: dict[str, DestinationConfig] = {}
 
     @field_validator("schedule")
     @classmethod
-    def _valid_cron(cls, value: str | IntervalSchedule | None) -> str | IntervalSchedule | None:
+    def _valid_cron(cls, value: Schedule | None) -> Schedule | None:
         if isinstance(value, str):
             from apscheduler.triggers.cron import CronTrigger
 
@@ -216,6 +226,5 @@ def load_project(root: Path) -> Project:
     try:
         config = ProjectConfig.model_validate(data)
     except ValidationError as err:
-        errors = validation_errors(document, err, ConfigError)
-        raise errors[0] if len(errors) == 1 else InputErrors(errors) from err
+        raise_all(validation_errors(document, err, ConfigError))
     return Project(root, config, document)

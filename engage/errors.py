@@ -69,6 +69,14 @@ class InputErrors(InputError):
         super().__init__("\n".join(str(e) for e in errors))
 
 
+def raise_all(errors: list[InputError]) -> None:
+    """Raises the errors found, one or several at once; returns when there are none."""
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise InputErrors(errors)
+
+
 class RunError(EngageError):
     """A run failed after it started. The previous outputs and state are intact."""
 

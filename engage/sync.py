@@ -23,12 +23,12 @@ from sqlglot import exp
 from engage import diff
 from engage.catalog import Catalog
 from engage.compile.compiler import CompiledDefinition, CompiledSpace, compile_space
-from engage.config import Project, Space
+from engage.config import DestinationConfig, Project, Space
 from engage.connector import Connector, Delivery, load_connector
 from engage.console import Console, NoopConsole
 from engage.definitions.loader import LoadedDefinition, load_definitions
-from engage.definitions.references import check_references
-from engage.errors import ConfigError, DataError, EngageError, InputError, RunError
+from engage.definitions.references import reference_errors
+from engage.errors import ConfigError, DataError, EngageError, InputError, RunError, raise_all
 from engage.freshness import Inputs, observe, unchanged
 from engage.identity import resolver_for
 from engage.messages import MessageContext, WarehouseRows
@@ -121,11 +121,11 @@ def prepare(project: Project, space_name: str, *, read_only: bool = False) -> It
     """Validates a space against its warehouse and yields it with an open connection. No SQL but
     catalog reads runs here."""
     space = project.space(space_name)
-    dialect = space.config.warehouse.type
-    definitions = load_definitions(space.definitions_dir, project.root, dialect)
-    connectors = [
-        load_connector(config.type)(name, config, space) for name, config in space.config.destinations.items()
-    ]
+    problems: list[InputError] = []
+    definitions = load_definitions(space.definitions_dir, project.root, space.config.warehouse.type, problems)
+    connectors = [_connector(space, name, config) for name, config in space.config.destinations.items()]
+    if not _database_exists(space):
+        raise_all(problems)  # the definitions' own errors first, then the missing database
     _require_database(space)
     warehouse = open_warehouse(space, read_only=read_only)
     try:
@@ -137,7 +137,9 @@ def prepare(project: Project, space_name: str, *, read_only: bool = False) -> It
                 " run `engage demo` for sample data",
                 space.locate("sources"),
             )
-        check_references(definitions, catalog, list(space.config.destinations))
+        destinations = list(space.config.destinations)
+        problems.extend(reference_errors(definitions, catalog, destinations, complete=not problems))
+        raise_all(problems)
         for connector in connectors:
             connector.check(warehouse)
         yield PreparedSpace(space, warehouse, definitions, catalog, connectors)
@@ -145,10 +147,23 @@ def prepare(project: Project, space_name: str, *, read_only: bool = False) -> It
         warehouse.close()
 
 
+def _connector(space: Space, name: str, config: DestinationConfig) -> Connector:
+    try:
+        connector_type = load_connector(config.type)
+    except InputError as err:
+        raise ConfigError(err.message, space.locate("destinations", name, "type")) from err
+    return connector_type(name, config, space)
+
+
+def _database_exists(space: Space) -> bool:
+    config = space.config.warehouse
+    return config.type != "duckdb" or space.resolve(config.path).exists()
+
+
 def _require_database(space: Space) -> None:
     """An embedded warehouse file that does not exist holds no sources: say so, and create nothing."""
     config = space.config.warehouse
-    if config.type == "duckdb" and not space.resolve(config.path).exists():
+    if not _database_exists(space):
         raise ConfigError(
             f"warehouse file {config.path} does not exist; run `engage demo` to create sample data",
             space.locate("warehouse", "path"),

@@ -32,13 +32,15 @@ class YamlDocument:
     def locate(self, loc: Sequence[str | int]) -> Location:
         """The file position of the deepest node on `loc` that exists in the document.
 
-        `loc` is a pydantic error location. Parts that are not in the document are kept in the field
-        name (a missing required key) unless they are pydantic's own labels (union tags, which this
-        project writes in CapitalCase), so the user reads the field as they wrote it.
+        `loc` is a pydantic error location. It may hold labels that are not in the document: a union's
+        tag (`audience`, `Event`), skipped when the next part is a key here or when it is CapitalCase;
+        anything else missing is a key the user left out, kept in the field name.
         """
         node, line = self.node, self.start_line
         fields: list[str] = []
-        for part in loc:
+        parts = list(loc)
+        for index, part in enumerate(parts):
+            following = parts[index + 1] if index + 1 < len(parts) else None
             if isinstance(node, CommentedMap) and part in node:
                 line = node.lc.key(part)[0] + 1
                 node = node[part]
@@ -47,9 +49,15 @@ class YamlDocument:
                 line = node.lc.item(part)[0] + 1
                 node = node[part]
                 fields.append(f"[{part}]")
-            elif isinstance(part, str) and part[:1].islower():
+            elif isinstance(node, CommentedMap) and (
+                (following is not None and following in node) or part in node.values()
+            ):
+                continue  # a union's tag (e.g. the value of `kind:`), not a key of this mapping
+            elif isinstance(part, str) and part[:1].isupper():
+                continue  # one of this project's CapitalCase union tags
+            else:
+                fields.append(f"[{part}]" if isinstance(part, int) else str(part))
                 node = None
-                fields.append(part)
         field = ".".join(fields).replace(".[", "[") or None
         return Location(self.path, line, field)
 
@@ -87,9 +95,13 @@ def read_documents(path: Path, display: Path | None = None) -> Iterator[YamlDocu
             start = node.lc.line + 1 if hasattr(node, "lc") else 1
             yield YamlDocument(shown, index, start, node)
     except MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
+        # An unclosed [ or { is found at the end of the file: name the line where it opened.
+        opened = err.context_mark is not None and "flow" in (err.context or "")
+        mark = err.context_mark if opened else (err.problem_mark or err.context_mark)
         line = mark.line + 1 if mark is not None else None
         problem = err.problem or err.context or "malformed YAML"
+        if opened:
+            problem = f"{err.context} that is never closed ({problem})"
         raise InputError(f"invalid YAML: {problem}", Location(shown, line)) from err
     except YAMLError as err:
         raise InputError(f"invalid YAML: {err}", Location(shown)) from err
@@ -103,7 +115,15 @@ def validation_errors(
 ) -> list[InputError]:
     """One `error_type` per pydantic error, located in the document. Input values are never echoed,
     because a config value may hold an interpolated secret."""
-    return [
-        error_type(item["msg"], document.locate((*base, *item["loc"])))
-        for item in error.errors(include_input=False, include_url=False)
-    ]
+    found: list[InputError] = []
+    for item in error.errors(include_input=False, include_url=False):
+        loc, message = (*base, *item["loc"]), item["msg"]
+        if item["type"] == "union_tag_invalid":
+            context = item.get("ctx", {})
+            field = str(context.get("discriminator", "")).strip("'")
+            loc = (*loc, field)
+            message = (
+                f"unknown {field} '{context.get('tag')}' (expected one of: {context.get('expected_tags')})"
+            )
+        found.append(error_type(message, document.locate(loc)))
+    return found

@@ -19,7 +19,7 @@ from engage.definitions.models import (
     SqlTraitDefinition,
     TraitDefinition,
 )
-from engage.errors import DefinitionError, InputError, InputErrors, Location
+from engage.errors import DefinitionError, InputError, InputErrors, Location, raise_all
 from engage.yamlfile import YamlDocument, read_documents, validation_errors
 
 _DEFINITION = TypeAdapter[AudienceDefinition | TraitDefinition | SqlTraitDefinition](Definition)
@@ -59,8 +59,11 @@ def definition_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
 
 
-def load_definitions(folder: Path, root: Path, default_dialect: str) -> list[LoadedDefinition]:
-    """Validates every definition under `folder`. All problems are collected and raised together."""
+def load_definitions(
+    folder: Path, root: Path, default_dialect: str, problems: list[InputError] | None = None
+) -> list[LoadedDefinition]:
+    """Validates every definition under `folder`. All problems are raised together, or, when the caller
+    passes a `problems` list, added to it and the valid definitions returned."""
     if not folder.is_dir():
         raise DefinitionError(f"definitions folder {folder} does not exist")
     loaded: list[LoadedDefinition] = []
@@ -80,8 +83,10 @@ def load_definitions(folder: Path, root: Path, default_dialect: str) -> list[Loa
             except InputError as err:
                 errors.append(err)
     errors.extend(_duplicate_keys(loaded))
-    if errors:
-        raise errors[0] if len(errors) == 1 else InputErrors(errors)
+    if problems is None:
+        raise_all(errors)
+    else:
+        problems.extend(errors)
     return loaded
 
 
@@ -91,8 +96,7 @@ def _load_one(document: YamlDocument, default_dialect: str) -> LoadedDefinition:
     try:
         definition = _DEFINITION.validate_python(document.data)
     except ValidationError as err:
-        errors = validation_errors(document, err, DefinitionError)
-        raise errors[0] if len(errors) == 1 else InputErrors(errors) from err
+        raise_all(validation_errors(document, err, DefinitionError))
     if not definition.resolved_key:
         field = "key" if definition.key is not None else "name"
         raise DefinitionError(
@@ -120,7 +124,9 @@ def parse_sql_trait(
             f"an SQL trait is one SELECT statement, found {len(statements)} statements", where
         )
     query = statements[0]
-    if not isinstance(query, exp.Query) or query.find(exp.Into) is not None:
+    if query.find(exp.Into) is not None:
+        raise DefinitionError("an SQL trait is a SELECT; SELECT … INTO is refused", where)
+    if not isinstance(query, exp.Query):
         raise DefinitionError(f"an SQL trait is a SELECT; {query.key.upper()} statements are refused", where)
     for node in query.walk():
         if isinstance(node, exp.DDL | exp.DML | exp.Command):
@@ -159,7 +165,7 @@ def _duplicate_keys(loaded: Iterable[LoadedDefinition]) -> list[InputError]:
     for item in loaded:
         for key in dict.fromkeys([item.key, *item.trait_keys]):
             if key in seen:
-                first = seen[key].locate()
+                first = seen[key].locate("key" if seen[key].definition.key is not None else "name")
                 errors.append(item.error(f"key '{key}' is already used by the definition at {first}", "name"))
             else:
                 seen[key] = item

@@ -23,24 +23,32 @@ from engage.definitions.models import (
     TraitCondition,
     TraitDefinition,
 )
-from engage.errors import DefinitionError, InputError, InputErrors
+from engage.errors import DefinitionError, InputError
 
 Loc = tuple[str | int, ...]
 
 
-def check_references(
-    definitions: Sequence[LoadedDefinition], catalog: Catalog, destinations: Sequence[str]
-) -> None:
-    """Raises every reference problem at once (`InputErrors`), or returns when all resolve."""
+def reference_errors(
+    definitions: Sequence[LoadedDefinition],
+    catalog: Catalog,
+    destinations: Sequence[str],
+    complete: bool = True,
+) -> list[InputError]:
+    """Every reference problem of `definitions`. When some definitions of the space failed to load
+    (`complete=False`), references to other definitions are not judged: the target may be among them."""
     by_key = {d.key: d for d in definitions}
     trait_keys = {k for d in definitions if d.kind != "audience" for k in d.trait_keys}
     custom_traits = {c for t in catalog.tables_named("identifies") for c in t.columns}
     errors: list[InputError] = []
     for loaded in definitions:
-        errors.extend(_check_definition(loaded, catalog, by_key, trait_keys, custom_traits, destinations))
+        found = _check_definition(loaded, catalog, by_key, trait_keys, custom_traits, destinations)
+        errors.extend(e for e in found if complete or not isinstance(e, _DefinitionReference))
     errors.extend(_cycles(definitions, by_key))
-    if errors:
-        raise errors[0] if len(errors) == 1 else InputErrors(errors)
+    return errors
+
+
+class _DefinitionReference(DefinitionError):
+    """A reference to a trait or audience of the space that does not resolve."""
 
 
 def _check_definition(
@@ -82,10 +90,10 @@ def _check_definition(
 def _check_event(loaded: LoadedDefinition, catalog: Catalog, event: str, loc: Loc) -> Iterator[InputError]:
     if not catalog.event_tables(event):
         table = catalog.event_table_name(event)
-        known = ", ".join(catalog.known_events()) or "none"
+        known = ", ".join(catalog.event_table_names()) or "none"
         yield loaded.error(
             f"unknown event '{event}': no table '{table}' in sources {', '.join(catalog.sources)}"
-            f" (tables found: {known})",
+            f" (event tables found: {known})",
             *loc,
         )
 
@@ -134,11 +142,10 @@ def _check_condition(
                 yield from _check_property(loaded, catalog, [node.event], prop, (*loc, function))
     elif isinstance(node, TraitCondition):
         if node.trait not in trait_keys and node.trait not in custom_traits:
-            yield loaded.error(
+            yield _DefinitionReference(
                 f"unknown trait '{node.trait}': not a computed or SQL trait of this space, nor a column of"
                 " identifies in its sources",
-                *loc,
-                "trait",
+                loaded.locate(*loc, "trait"),
             )
     elif isinstance(node, InAudienceCondition | NotInAudienceCondition):
         field = "in_audience" if isinstance(node, InAudienceCondition) else "not_in_audience"
@@ -146,7 +153,7 @@ def _check_condition(
         target = by_key.get(key)
         if target is None or target.kind != "audience":
             what = f"a {target.kind}, not an audience" if target else "no audience of this space has that key"
-            yield loaded.error(f"unknown audience '{key}': {what}", *loc, field)
+            yield _DefinitionReference(f"unknown audience '{key}': {what}", loaded.locate(*loc, field))
     elif isinstance(node, FunnelCondition):
         yield from nested(node.first, "funnel", 0)
         for index, step in enumerate(node.steps, start=1):
