@@ -63,20 +63,18 @@ def _project(ctx: click.Context) -> Project:
     type=click.Path(file_okay=False, path_type=Path),
     help="Project root (holds config/engage.yaml).",
 )
-@click.option("-v", "--verbose", count=True, help="More log output (-vv shows every SQL statement).")
+@click.option("-v", "--verbose", is_flag=True, help="Log every SQL statement and its duration.")
 @click.pass_context
-def main(ctx: click.Context, project: Path | None, verbose: int) -> None:
+def main(ctx: click.Context, project: Path | None, verbose: bool) -> None:
     """engage: audiences and computed traits from your warehouse, synced as Segment-spec calls.
 
     Definitions (YAML) compile to SQL that runs in the warehouse; every run diffs against the last
     one and sends only the changes, as identify/track calls and engage_<space> tables.
     """
-    level = logging.WARNING - 10 * verbose if verbose else logging.INFO
     logging.basicConfig(
-        level=max(level, logging.DEBUG),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    logging.getLogger("engage").setLevel(logging.DEBUG if verbose else logging.INFO)
     ctx.obj = {"project": project}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +15,8 @@ from sqlglot import exp
 from engage.catalog import Catalog, Table, portable_type
 from engage.errors import TransientWarehouseError, WarehouseError
 from engage.warehouse.base import Capabilities, Warehouse
+
+log = logging.getLogger("engage.warehouse")
 
 
 def _translate(err: duckdb.Error, sql: str) -> WarehouseError:
@@ -52,10 +56,13 @@ class DuckDBWarehouse(Warehouse):
         return f"duckdb:{self.path.resolve()}"
 
     def _run(self, sql: str, parameters: Sequence[Any] = ()) -> duckdb.DuckDBPyConnection:
+        started = time.monotonic()
         try:
-            return self.connection.execute(sql, list(parameters) if parameters else None)
+            result = self.connection.execute(sql, list(parameters) if parameters else None)
         except duckdb.Error as err:
             raise _translate(err, sql) from err
+        log.debug("%.3fs %s", time.monotonic() - started, sql)
+        return result
 
     def execute(self, statement: exp.Expr, parameters: Sequence[Any] = ()) -> None:
         self._run(self.render(statement), parameters)
