@@ -1,9 +1,14 @@
-"""The shared pass: every source table a space reads, scanned once, grouped once by profile.
+"""The shared pass: every source table a space reads is scanned once, whatever number of definitions read it.
 
-All tables go into one `UNION ALL` (each branch tagged with its table name in `__event`, filtered to
-`timestamp <= as-of`), and one `GROUP BY __profile` computes every definition's conditional aggregates.
-So ten definitions on `order_completed` cost one read of it, not ten. The same union also yields the
-space's profiles: everyone with a visible row in tracks, identifies, pages or screens (SPEC §1).
+Definitions register the columns and the conditional aggregates they need. At build time the tables are
+grouped into families: a table alone, or the tables one definition reads together (a trait over two
+events). Each family is one `UNION ALL` of its tables across sources (filtered to `timestamp <= as-of`)
+and one `GROUP BY __profile` holding only that family's aggregates, so ten definitions on
+`order_completed` cost one read of it, and every hash aggregate stays as narrow as its family.
+
+The space's profiles (SPEC §1: a visible row in tracks, identifies, pages or screens, or in any table read)
+come from the families' own results: tables nobody reads but that make profiles (tracks, usually) are
+families with no aggregates. `profile_aggregates` then joins every family's columns onto the profiles.
 """
 
 from __future__ import annotations
@@ -29,11 +34,12 @@ from engage.identity import ProfileResolver
 
 # The tables whose rows make someone a profile of the space, scanned even when no definition reads them.
 PROFILE_TABLES = ("tracks", "identifies", "pages", "screens")
-EVENTS_CTE, AGGREGATES_CTE, ROW = "events", "profile_aggregates", "e"
+PROFILES_CTE, AGGREGATES_CTE, ROW = "profiles", "profile_aggregates", "e"
+ANONYMOUS_TS = "__anonymous_ts"
 
 
 class SharedScan:
-    """Collects the columns and aggregates definitions need, then builds the union and the GROUP BY."""
+    """Collects the columns and aggregates definitions need, then builds one pass per table family."""
 
     def __init__(self, catalog: Catalog, resolver: ProfileResolver, as_of: datetime) -> None:
         self.catalog = catalog
@@ -41,7 +47,7 @@ class SharedScan:
         self.as_of = as_of
         self._columns: dict[str, set[str]] = {name: set() for name in PROFILE_TABLES}
         self._ordered: set[str] = set()
-        self._aggregates: dict[str, tuple[str, exp.Expr]] = {}
+        self._aggregates: dict[str, tuple[str, exp.Expr, frozenset[str]]] = {}
 
     @property
     def tables(self) -> list[str]:
@@ -55,17 +61,27 @@ class SharedScan:
             self._ordered.add(table)
 
     def column(self, name: str) -> exp.Column:
-        """A column of the union row, for use inside an aggregate."""
+        """A column of the scanned row, for use inside an aggregate."""
         return exp.column(name, ROW)
 
     def type_of(self, column: str) -> str:
-        return self.catalog.column_type(self._tables_with(column), column)
+        tables = [
+            t
+            for name, cols in self._columns.items()
+            if column in cols
+            for t in self.catalog.tables_named(name)
+        ]
+        return self.catalog.column_type(tables, column)
 
     def aggregate(self, expression: exp.Expr) -> exp.Column:
-        """Adds an aggregate to the pass (identical ones are shared) and returns its output column."""
+        """Adds an aggregate (identical ones are shared) and returns its column in `profile_aggregates`.
+
+        The tables it reads are the ones its `event_is` tests name; they end up in one family."""
         sql = expression.sql(dialect="duckdb")
         if sql not in self._aggregates:
-            self._aggregates[sql] = (f"a{len(self._aggregates)}", expression)
+            tables = frozenset(_tested_tables(expression))
+            assert tables, f"an aggregate must test which table a row is from: {sql}"
+            self._aggregates[sql] = (f"a{len(self._aggregates)}", expression, tables)
         return exp.column(self._aggregates[sql][0], AGGREGATES_CTE)
 
     @staticmethod
@@ -80,33 +96,47 @@ class SharedScan:
         return exp.Tuple(expressions=[self.column(TS), self.column(RECEIVED_AT), self.column(ROW_ID)])
 
     # -- building --------------------------------------------------------------------------------------
-    def _tables_with(self, column: str) -> list[Table]:
-        return [
-            t
-            for name, cols in self._columns.items()
-            if column in cols
-            for t in self.catalog.tables_named(name)
-        ]
+    def families(self) -> list[list[str]]:
+        """Tables that some aggregate reads together, joined transitively; every other table alone."""
+        parent = {name: name for name in self._columns}
 
-    def source_rows(self, table: Table, columns: list[tuple[str, str]], ordered: bool) -> exp.Select:
-        """One branch: a source table's visible rows, with the shared columns in a fixed order."""
+        def root(name: str) -> str:
+            while parent[name] != name:
+                name = parent[name]
+            return name
+
+        for _, _, tables in self._aggregates.values():
+            first, *rest = sorted(tables)
+            for other in rest:
+                parent[root(other)] = root(first)
+        grouped: dict[str, list[str]] = {}
+        for name in sorted(self._columns):
+            if self.catalog.tables_named(name):
+                grouped.setdefault(root(name), []).append(name)
+        return sorted(grouped.values())
+
+    def source_rows(
+        self, table: Table, columns: list[tuple[str, str]], ordered: bool, tagged: bool = True
+    ) -> exp.Select:
+        """One source table's visible rows, with the shared columns in a fixed order."""
         alias = "t"
         select = exp.select(
-            exp.alias_(exp.Literal.string(table.name), EVENT),
             exp.alias_(self.resolver.profile(alias), PROFILE),
             exp.alias_(exp.column("user_id", alias), "user_id"),
             exp.alias_(exp.column("anonymous_id", alias), "anonymous_id"),
             exp.alias_(exp.column("timestamp", alias), TS),
         )
-        if self._ordered:
-            for name, source_column in ((RECEIVED_AT, "received_at"), (ROW_ID, "id")):
-                value: exp.Expr = exp.column(source_column, alias) if ordered else exp.null()
-                select = select.select(
-                    exp.alias_(exp.cast(value, "VARCHAR" if name == ROW_ID else "TIMESTAMP"), name)
-                )
+        if tagged:
+            select = select.select(exp.alias_(exp.Literal.string(table.name), EVENT), copy=False)
+        if ordered:
+            select = select.select(
+                exp.alias_(exp.column("received_at", alias), RECEIVED_AT),
+                exp.alias_(exp.column("id", alias), ROW_ID),
+                copy=False,
+            )
         for name, portable in columns:
             if name in table.columns:
-                value = exp.column(name, alias)
+                value: exp.Expr = exp.column(name, alias)
                 if table.columns[name] != portable:
                     value = exp.cast(value, sql_type(portable))
             else:
@@ -121,42 +151,114 @@ class SharedScan:
             visible, copy=False
         )
 
-    def events(self) -> exp.Query:
-        all_columns = sorted({c for cols in self._columns.values() for c in cols})
-        typed = [(c, self.type_of(c)) for c in all_columns]
+    def _family_rows(self, family: list[str]) -> exp.Query:
+        columns = sorted({c for name in family for c in self._columns[name]})
+        typed = [(c, self.type_of(c)) for c in columns]
+        ordered = any(name in self._ordered for name in family)
         branches = [
-            self.source_rows(table, typed, table_name in self._ordered)
-            for table_name in sorted(self._columns)
-            for table in self.catalog.tables_named(table_name)
+            self.source_rows(table, typed, ordered, tagged=len(family) > 1)
+            for name in family
+            for table in self.catalog.tables_named(name)
         ]
-        if not branches:
-            raise AssertionError("a space with no source tables cannot be compiled")
-        query: exp.Query = branches[0]
-        for branch in branches[1:]:
-            query = exp.union(query, branch, distinct=False, copy=False)
-        return query
+        return _union_all(branches)
 
-    def aggregates(self) -> exp.Select:
-        row = ROW
-        latest_anonymous = exp.func(
-            "ARG_MAX",
-            exp.column("anonymous_id", row),
-            exp.case().when(
-                exp.column("anonymous_id", row).is_(exp.null()).not_(),
-                exp.Tuple(expressions=[exp.column(TS, row), exp.column("anonymous_id", row)]),
-            ),
-        )
+    def _family_query(self, family: list[str]) -> exp.Select:
+        anonymous, ts = exp.column("anonymous_id", ROW), exp.column(TS, ROW)
+        known = anonymous.is_(exp.null()).not_()
         select = exp.select(
-            exp.column(PROFILE, row),
-            exp.alias_(exp.func("MAX", exp.column("user_id", row)), USER_ID),
-            exp.alias_(latest_anonymous, ANONYMOUS_ID),
+            exp.column(PROFILE, ROW),
+            exp.alias_(exp.func("MAX", exp.column("user_id", ROW)), USER_ID),
+            exp.alias_(
+                exp.func(
+                    "ARG_MAX", anonymous, exp.case().when(known, exp.Tuple(expressions=[ts, anonymous]))
+                ),
+                ANONYMOUS_ID,
+            ),
+            exp.alias_(exp.func("MAX", exp.case().when(known, ts)), ANONYMOUS_TS),
         )
-        for alias, expression in self._aggregates.values():
-            select = select.select(exp.alias_(expression, alias), copy=False)
-        return select.from_(exp.table_(EVENTS_CTE, alias=row)).group_by(exp.column(PROFILE, row))
+        for alias, expression, tables in self._aggregates.values():
+            if tables <= set(family):
+                if len(family) == 1:  # every row is from this table: the tag tests are TRUE
+                    expression = _without_table_tests(expression)
+                select = select.select(exp.alias_(expression, alias), copy=False)
+        rows = self._family_rows(family).subquery(ROW)
+        return select.from_(rows, copy=False).group_by(exp.column(PROFILE, ROW), copy=False)
 
     def ctes(self) -> list[tuple[str, exp.Query]]:
-        return [(EVENTS_CTE, self.events()), (AGGREGATES_CTE, self.aggregates())]
+        """The family passes, the space's profiles, and `profile_aggregates` joining them."""
+        families = [(f"scan_{family[0]}", family) for family in self.families()]
+        ctes: list[tuple[str, exp.Query]] = [(name, self._family_query(family)) for name, family in families]
+        every = _union_all(
+            [exp.select(PROFILE, USER_ID, ANONYMOUS_ID, ANONYMOUS_TS).from_(name) for name, _ in families]
+        )
+        anonymous = exp.column(ANONYMOUS_ID)
+        latest = exp.case().when(
+            anonymous.is_(exp.null()).not_(), exp.Tuple(expressions=[exp.column(ANONYMOUS_TS), anonymous])
+        )
+        profiles = (
+            exp.select(
+                PROFILE,
+                exp.alias_(exp.func("MAX", exp.column(USER_ID)), USER_ID),
+                exp.alias_(exp.func("ARG_MAX", anonymous, latest), ANONYMOUS_ID),
+            )
+            .from_(every.subquery("seen"))
+            .group_by(PROFILE)
+        )
+        ctes.append((PROFILES_CTE, profiles))
+        joined = exp.select(*(exp.column(c, "p") for c in (PROFILE, USER_ID, ANONYMOUS_ID))).from_(
+            exp.table_(PROFILES_CTE, alias="p")
+        )
+        for name, family in families:
+            aliases = [alias for alias, _, tables in self._aggregates.values() if tables <= set(family)]
+            if not aliases:
+                continue
+            joined = joined.select(*(exp.column(a, name) for a in aliases), copy=False).join(
+                exp.table_(name),
+                on=exp.column(PROFILE, name).eq(exp.column(PROFILE, "p")),
+                join_type="left",
+                copy=False,
+            )
+        ctes.append((AGGREGATES_CTE, joined))
+        return ctes
+
+
+def _tested_tables(expression: exp.Expr) -> set[str]:
+    """The table names an aggregate's `__event = …` / `__event IN (…)` tests name."""
+    found: set[str] = set()
+    for node in expression.find_all(exp.EQ, exp.In):
+        if isinstance(node.this, exp.Column) and node.this.name == EVENT:
+            literals = [node.expression] if isinstance(node, exp.EQ) else node.expressions
+            found.update(str(lit.this) for lit in literals)
+    return found
+
+
+def _without_table_tests(expression: exp.Expr) -> exp.Expr:
+    def is_test(node: exp.Expr) -> bool:
+        return (
+            isinstance(node, exp.EQ | exp.In)
+            and isinstance(node.this, exp.Column)
+            and node.this.name == EVENT
+        )
+
+    def simplify(node: exp.Expr) -> exp.Expr:
+        if is_test(node):
+            return exp.true()
+        if isinstance(node, exp.And):
+            left, right = node.left, node.right
+            if is_test(left) or left == exp.true():
+                return simplify(right)
+            if is_test(right) or right == exp.true():
+                return simplify(left)
+        return node
+
+    return expression.copy().transform(simplify, copy=False)
+
+
+def _union_all(branches: list[exp.Select]) -> exp.Query:
+    query: exp.Query = branches[0]
+    for branch in branches[1:]:
+        query = exp.union(query, branch, distinct=False, copy=False)
+    return query
 
 
 def event_table_rows(
@@ -167,12 +269,8 @@ def event_table_rows(
     columns: list[str],
 ) -> exp.Query:
     """The visible rows of one event table across sources, for queries with their own pass (funnels,
-    most_frequent). Columns are the same shape as the shared union's."""
+    most_frequent). Columns are the same shape as a family pass's."""
     tables = catalog.tables_named(table_name)
     typed = [(c, catalog.column_type(tables, c)) for c in columns]
     scan = SharedScan(catalog, resolver, as_of)
-    branches = [scan.source_rows(t, typed, ordered=False) for t in tables]
-    query: exp.Query = branches[0]
-    for branch in branches[1:]:
-        query = exp.union(query, branch, distinct=False, copy=False)
-    return query
+    return _union_all([scan.source_rows(t, typed, ordered=False) for t in tables])

@@ -1,194 +1,4 @@
-WITH "events" AS (
-  SELECT
-    'identifies' AS "__event",
-    COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
-    "t"."user_id" AS "user_id",
-    "t"."anonymous_id" AS "anonymous_id",
-    "t"."timestamp" AS "__ts",
-    CAST("t"."received_at" AS TIMESTAMP) AS "__received_at",
-    CAST("t"."id" AS TEXT) AS "__id",
-    CAST(NULL AS TEXT) AS "category",
-    CAST(NULL AS TEXT) AS "currency",
-    CAST(NULL AS TEXT) AS "name",
-    "t"."plan" AS "plan",
-    CAST(NULL AS TEXT) AS "product_sku",
-    CAST(NULL AS DOUBLE) AS "revenue"
-  FROM "website"."identifies" AS "t"
-  WHERE
-    "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
-    AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
-  UNION ALL
-  SELECT
-    'identifies' AS "__event",
-    COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
-    "t"."user_id" AS "user_id",
-    "t"."anonymous_id" AS "anonymous_id",
-    "t"."timestamp" AS "__ts",
-    CAST("t"."received_at" AS TIMESTAMP) AS "__received_at",
-    CAST("t"."id" AS TEXT) AS "__id",
-    CAST(NULL AS TEXT) AS "category",
-    CAST(NULL AS TEXT) AS "currency",
-    CAST(NULL AS TEXT) AS "name",
-    "t"."plan" AS "plan",
-    CAST(NULL AS TEXT) AS "product_sku",
-    CAST(NULL AS DOUBLE) AS "revenue"
-  FROM "ios"."identifies" AS "t"
-  WHERE
-    "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
-    AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
-  UNION ALL
-  SELECT
-    'order_completed' AS "__event",
-    COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
-    "t"."user_id" AS "user_id",
-    "t"."anonymous_id" AS "anonymous_id",
-    "t"."timestamp" AS "__ts",
-    CAST("t"."received_at" AS TIMESTAMP) AS "__received_at",
-    CAST("t"."id" AS TEXT) AS "__id",
-    CAST(NULL AS TEXT) AS "category",
-    "t"."currency" AS "currency",
-    CAST(NULL AS TEXT) AS "name",
-    CAST(NULL AS TEXT) AS "plan",
-    "t"."product_sku" AS "product_sku",
-    "t"."revenue" AS "revenue"
-  FROM "website"."order_completed" AS "t"
-  WHERE
-    "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
-    AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
-  UNION ALL
-  SELECT
-    'order_completed' AS "__event",
-    COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
-    "t"."user_id" AS "user_id",
-    "t"."anonymous_id" AS "anonymous_id",
-    "t"."timestamp" AS "__ts",
-    CAST("t"."received_at" AS TIMESTAMP) AS "__received_at",
-    CAST("t"."id" AS TEXT) AS "__id",
-    CAST(NULL AS TEXT) AS "category",
-    "t"."currency" AS "currency",
-    CAST(NULL AS TEXT) AS "name",
-    CAST(NULL AS TEXT) AS "plan",
-    "t"."product_sku" AS "product_sku",
-    "t"."revenue" AS "revenue"
-  FROM "ios"."order_completed" AS "t"
-  WHERE
-    "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
-    AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
-  UNION ALL
-  SELECT
-    'pages' AS "__event",
-    COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
-    "t"."user_id" AS "user_id",
-    "t"."anonymous_id" AS "anonymous_id",
-    "t"."timestamp" AS "__ts",
-    CAST(NULL AS TIMESTAMP) AS "__received_at",
-    CAST(NULL AS TEXT) AS "__id",
-    CAST(NULL AS TEXT) AS "category",
-    CAST(NULL AS TEXT) AS "currency",
-    "t"."name" AS "name",
-    CAST(NULL AS TEXT) AS "plan",
-    CAST(NULL AS TEXT) AS "product_sku",
-    CAST(NULL AS DOUBLE) AS "revenue"
-  FROM "website"."pages" AS "t"
-  WHERE
-    "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
-    AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
-  UNION ALL
-  SELECT
-    'pages' AS "__event",
-    COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
-    "t"."user_id" AS "user_id",
-    "t"."anonymous_id" AS "anonymous_id",
-    "t"."timestamp" AS "__ts",
-    CAST(NULL AS TIMESTAMP) AS "__received_at",
-    CAST(NULL AS TEXT) AS "__id",
-    CAST(NULL AS TEXT) AS "category",
-    CAST(NULL AS TEXT) AS "currency",
-    "t"."name" AS "name",
-    CAST(NULL AS TEXT) AS "plan",
-    CAST(NULL AS TEXT) AS "product_sku",
-    CAST(NULL AS DOUBLE) AS "revenue"
-  FROM "ios"."pages" AS "t"
-  WHERE
-    "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
-    AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
-  UNION ALL
-  SELECT
-    'product_viewed' AS "__event",
-    COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
-    "t"."user_id" AS "user_id",
-    "t"."anonymous_id" AS "anonymous_id",
-    "t"."timestamp" AS "__ts",
-    CAST(NULL AS TIMESTAMP) AS "__received_at",
-    CAST(NULL AS TEXT) AS "__id",
-    "t"."category" AS "category",
-    CAST(NULL AS TEXT) AS "currency",
-    CAST(NULL AS TEXT) AS "name",
-    CAST(NULL AS TEXT) AS "plan",
-    CAST(NULL AS TEXT) AS "product_sku",
-    CAST(NULL AS DOUBLE) AS "revenue"
-  FROM "website"."product_viewed" AS "t"
-  WHERE
-    "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
-    AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
-  UNION ALL
-  SELECT
-    'product_viewed' AS "__event",
-    COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
-    "t"."user_id" AS "user_id",
-    "t"."anonymous_id" AS "anonymous_id",
-    "t"."timestamp" AS "__ts",
-    CAST(NULL AS TIMESTAMP) AS "__received_at",
-    CAST(NULL AS TEXT) AS "__id",
-    "t"."category" AS "category",
-    CAST(NULL AS TEXT) AS "currency",
-    CAST(NULL AS TEXT) AS "name",
-    CAST(NULL AS TEXT) AS "plan",
-    CAST(NULL AS TEXT) AS "product_sku",
-    CAST(NULL AS DOUBLE) AS "revenue"
-  FROM "ios"."product_viewed" AS "t"
-  WHERE
-    "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
-    AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
-  UNION ALL
-  SELECT
-    'tracks' AS "__event",
-    COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
-    "t"."user_id" AS "user_id",
-    "t"."anonymous_id" AS "anonymous_id",
-    "t"."timestamp" AS "__ts",
-    CAST(NULL AS TIMESTAMP) AS "__received_at",
-    CAST(NULL AS TEXT) AS "__id",
-    CAST(NULL AS TEXT) AS "category",
-    CAST(NULL AS TEXT) AS "currency",
-    CAST(NULL AS TEXT) AS "name",
-    CAST(NULL AS TEXT) AS "plan",
-    CAST(NULL AS TEXT) AS "product_sku",
-    CAST(NULL AS DOUBLE) AS "revenue"
-  FROM "website"."tracks" AS "t"
-  WHERE
-    "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
-    AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
-  UNION ALL
-  SELECT
-    'tracks' AS "__event",
-    COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
-    "t"."user_id" AS "user_id",
-    "t"."anonymous_id" AS "anonymous_id",
-    "t"."timestamp" AS "__ts",
-    CAST(NULL AS TIMESTAMP) AS "__received_at",
-    CAST(NULL AS TEXT) AS "__id",
-    CAST(NULL AS TEXT) AS "category",
-    CAST(NULL AS TEXT) AS "currency",
-    CAST(NULL AS TEXT) AS "name",
-    CAST(NULL AS TEXT) AS "plan",
-    CAST(NULL AS TEXT) AS "product_sku",
-    CAST(NULL AS DOUBLE) AS "revenue"
-  FROM "ios"."tracks" AS "t"
-  WHERE
-    "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
-    AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
-), "profile_aggregates" AS (
+WITH "scan_identifies" AS (
   SELECT
     "e"."__profile",
     MAX("e"."user_id") AS "__user_id",
@@ -196,43 +6,278 @@ WITH "events" AS (
       "e"."anonymous_id",
       CASE WHEN NOT "e"."anonymous_id" IS NULL THEN ("e"."__ts", "e"."anonymous_id") END
     ) AS "__anonymous_id",
-    COUNT_IF("e"."__event" = 'product_viewed') AS "a0",
-    LIST_SORT(
-      ARRAY_AGG(DISTINCT CAST("e"."category" AS TEXT)) FILTER(WHERE
-        "e"."__event" = 'product_viewed' AND NOT "e"."category" IS NULL)
-    ) AS "a1",
-    COUNT_IF("e"."__event" = 'order_completed') AS "a2",
-    ARG_MAX(
-      "e"."currency",
-      CASE
-        WHEN "e"."__event" = 'order_completed' AND NOT "e"."currency" IS NULL
-        THEN ("e"."__ts", "e"."__received_at", "e"."__id")
-      END
-    ) AS "a3",
-    SUM(
-      CASE WHEN "e"."__event" = 'order_completed' THEN CAST("e"."revenue" AS DOUBLE) END
-    ) AS "a4",
-    COUNT_IF(
-      "e"."__event" = 'order_completed'
-      AND "e"."__ts" > CAST('2024-01-31 12:00:00' AS TIMESTAMP)
-      AND "e"."revenue" > 50
-      AND LEFT("e"."product_sku", 4) = 'sku-'
-    ) AS "a5",
+    MAX(CASE WHEN NOT "e"."anonymous_id" IS NULL THEN "e"."__ts" END) AS "__anonymous_ts",
     ARG_MAX(
       "e"."plan",
       CASE
-        WHEN "e"."__event" = 'identifies' AND NOT "e"."plan" IS NULL
+        WHEN NOT "e"."plan" IS NULL
         THEN ("e"."__ts", "e"."__received_at", "e"."__id")
       END
-    ) AS "a6",
-    COUNT_IF(
-      "e"."__event" = 'product_viewed'
-      AND "e"."__ts" > CAST('2024-02-23 12:00:00' AS TIMESTAMP)
-    ) AS "a7",
-    COUNT_IF("e"."__event" = 'pages' AND "e"."name" IN ('Pricing', 'Home')) AS "a8"
-  FROM "events" AS "e"
+    ) AS "a6"
+  FROM (
+    SELECT
+      COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
+      "t"."user_id" AS "user_id",
+      "t"."anonymous_id" AS "anonymous_id",
+      "t"."timestamp" AS "__ts",
+      "t"."received_at" AS "__received_at",
+      "t"."id" AS "__id",
+      "t"."plan" AS "plan"
+    FROM "website"."identifies" AS "t"
+    WHERE
+      "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
+      AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
+    UNION ALL
+    SELECT
+      COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
+      "t"."user_id" AS "user_id",
+      "t"."anonymous_id" AS "anonymous_id",
+      "t"."timestamp" AS "__ts",
+      "t"."received_at" AS "__received_at",
+      "t"."id" AS "__id",
+      "t"."plan" AS "plan"
+    FROM "ios"."identifies" AS "t"
+    WHERE
+      "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
+      AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
+  ) AS "e"
   GROUP BY
     "e"."__profile"
+), "scan_order_completed" AS (
+  SELECT
+    "e"."__profile",
+    MAX("e"."user_id") AS "__user_id",
+    ARG_MAX(
+      "e"."anonymous_id",
+      CASE WHEN NOT "e"."anonymous_id" IS NULL THEN ("e"."__ts", "e"."anonymous_id") END
+    ) AS "__anonymous_id",
+    MAX(CASE WHEN NOT "e"."anonymous_id" IS NULL THEN "e"."__ts" END) AS "__anonymous_ts",
+    COUNT_IF(TRUE) AS "a2",
+    ARG_MAX(
+      "e"."currency",
+      CASE
+        WHEN NOT "e"."currency" IS NULL
+        THEN ("e"."__ts", "e"."__received_at", "e"."__id")
+      END
+    ) AS "a3",
+    SUM(CASE WHEN TRUE THEN CAST("e"."revenue" AS DOUBLE) END) AS "a4",
+    COUNT_IF(
+      "e"."__ts" > CAST('2024-01-31 12:00:00' AS TIMESTAMP)
+      AND "e"."revenue" > 50
+      AND LEFT("e"."product_sku", 4) = 'sku-'
+    ) AS "a5"
+  FROM (
+    SELECT
+      COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
+      "t"."user_id" AS "user_id",
+      "t"."anonymous_id" AS "anonymous_id",
+      "t"."timestamp" AS "__ts",
+      "t"."received_at" AS "__received_at",
+      "t"."id" AS "__id",
+      "t"."currency" AS "currency",
+      "t"."product_sku" AS "product_sku",
+      "t"."revenue" AS "revenue"
+    FROM "website"."order_completed" AS "t"
+    WHERE
+      "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
+      AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
+    UNION ALL
+    SELECT
+      COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
+      "t"."user_id" AS "user_id",
+      "t"."anonymous_id" AS "anonymous_id",
+      "t"."timestamp" AS "__ts",
+      "t"."received_at" AS "__received_at",
+      "t"."id" AS "__id",
+      "t"."currency" AS "currency",
+      "t"."product_sku" AS "product_sku",
+      "t"."revenue" AS "revenue"
+    FROM "ios"."order_completed" AS "t"
+    WHERE
+      "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
+      AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
+  ) AS "e"
+  GROUP BY
+    "e"."__profile"
+), "scan_pages" AS (
+  SELECT
+    "e"."__profile",
+    MAX("e"."user_id") AS "__user_id",
+    ARG_MAX(
+      "e"."anonymous_id",
+      CASE WHEN NOT "e"."anonymous_id" IS NULL THEN ("e"."__ts", "e"."anonymous_id") END
+    ) AS "__anonymous_id",
+    MAX(CASE WHEN NOT "e"."anonymous_id" IS NULL THEN "e"."__ts" END) AS "__anonymous_ts",
+    COUNT_IF("e"."name" IN ('Pricing', 'Home')) AS "a8"
+  FROM (
+    SELECT
+      COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
+      "t"."user_id" AS "user_id",
+      "t"."anonymous_id" AS "anonymous_id",
+      "t"."timestamp" AS "__ts",
+      "t"."name" AS "name"
+    FROM "website"."pages" AS "t"
+    WHERE
+      "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
+      AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
+    UNION ALL
+    SELECT
+      COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
+      "t"."user_id" AS "user_id",
+      "t"."anonymous_id" AS "anonymous_id",
+      "t"."timestamp" AS "__ts",
+      "t"."name" AS "name"
+    FROM "ios"."pages" AS "t"
+    WHERE
+      "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
+      AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
+  ) AS "e"
+  GROUP BY
+    "e"."__profile"
+), "scan_product_viewed" AS (
+  SELECT
+    "e"."__profile",
+    MAX("e"."user_id") AS "__user_id",
+    ARG_MAX(
+      "e"."anonymous_id",
+      CASE WHEN NOT "e"."anonymous_id" IS NULL THEN ("e"."__ts", "e"."anonymous_id") END
+    ) AS "__anonymous_id",
+    MAX(CASE WHEN NOT "e"."anonymous_id" IS NULL THEN "e"."__ts" END) AS "__anonymous_ts",
+    COUNT_IF(TRUE) AS "a0",
+    LIST_SORT(
+      ARRAY_AGG(DISTINCT CAST("e"."category" AS TEXT)) FILTER(WHERE
+        NOT "e"."category" IS NULL)
+    ) AS "a1",
+    COUNT_IF("e"."__ts" > CAST('2024-02-23 12:00:00' AS TIMESTAMP)) AS "a7"
+  FROM (
+    SELECT
+      COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
+      "t"."user_id" AS "user_id",
+      "t"."anonymous_id" AS "anonymous_id",
+      "t"."timestamp" AS "__ts",
+      "t"."category" AS "category"
+    FROM "website"."product_viewed" AS "t"
+    WHERE
+      "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
+      AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
+    UNION ALL
+    SELECT
+      COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
+      "t"."user_id" AS "user_id",
+      "t"."anonymous_id" AS "anonymous_id",
+      "t"."timestamp" AS "__ts",
+      "t"."category" AS "category"
+    FROM "ios"."product_viewed" AS "t"
+    WHERE
+      "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
+      AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
+  ) AS "e"
+  GROUP BY
+    "e"."__profile"
+), "scan_tracks" AS (
+  SELECT
+    "e"."__profile",
+    MAX("e"."user_id") AS "__user_id",
+    ARG_MAX(
+      "e"."anonymous_id",
+      CASE WHEN NOT "e"."anonymous_id" IS NULL THEN ("e"."__ts", "e"."anonymous_id") END
+    ) AS "__anonymous_id",
+    MAX(CASE WHEN NOT "e"."anonymous_id" IS NULL THEN "e"."__ts" END) AS "__anonymous_ts"
+  FROM (
+    SELECT
+      COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
+      "t"."user_id" AS "user_id",
+      "t"."anonymous_id" AS "anonymous_id",
+      "t"."timestamp" AS "__ts"
+    FROM "website"."tracks" AS "t"
+    WHERE
+      "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
+      AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
+    UNION ALL
+    SELECT
+      COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
+      "t"."user_id" AS "user_id",
+      "t"."anonymous_id" AS "anonymous_id",
+      "t"."timestamp" AS "__ts"
+    FROM "ios"."tracks" AS "t"
+    WHERE
+      "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
+      AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
+  ) AS "e"
+  GROUP BY
+    "e"."__profile"
+), "profiles" AS (
+  SELECT
+    "__profile",
+    MAX("__user_id") AS "__user_id",
+    ARG_MAX(
+      "__anonymous_id",
+      CASE
+        WHEN NOT "__anonymous_id" IS NULL
+        THEN ("__anonymous_ts", "__anonymous_id")
+      END
+    ) AS "__anonymous_id"
+  FROM (
+    SELECT
+      "__profile",
+      "__user_id",
+      "__anonymous_id",
+      "__anonymous_ts"
+    FROM "scan_identifies"
+    UNION ALL
+    SELECT
+      "__profile",
+      "__user_id",
+      "__anonymous_id",
+      "__anonymous_ts"
+    FROM "scan_order_completed"
+    UNION ALL
+    SELECT
+      "__profile",
+      "__user_id",
+      "__anonymous_id",
+      "__anonymous_ts"
+    FROM "scan_pages"
+    UNION ALL
+    SELECT
+      "__profile",
+      "__user_id",
+      "__anonymous_id",
+      "__anonymous_ts"
+    FROM "scan_product_viewed"
+    UNION ALL
+    SELECT
+      "__profile",
+      "__user_id",
+      "__anonymous_id",
+      "__anonymous_ts"
+    FROM "scan_tracks"
+  ) AS "seen"
+  GROUP BY
+    "__profile"
+), "profile_aggregates" AS (
+  SELECT
+    "p"."__profile",
+    "p"."__user_id",
+    "p"."__anonymous_id",
+    "scan_identifies"."a6",
+    "scan_order_completed"."a2",
+    "scan_order_completed"."a3",
+    "scan_order_completed"."a4",
+    "scan_order_completed"."a5",
+    "scan_pages"."a8",
+    "scan_product_viewed"."a0",
+    "scan_product_viewed"."a1",
+    "scan_product_viewed"."a7"
+  FROM "profiles" AS "p"
+  LEFT JOIN "scan_identifies"
+    ON "scan_identifies"."__profile" = "p"."__profile"
+  LEFT JOIN "scan_order_completed"
+    ON "scan_order_completed"."__profile" = "p"."__profile"
+  LEFT JOIN "scan_pages"
+    ON "scan_pages"."__profile" = "p"."__profile"
+  LEFT JOIN "scan_product_viewed"
+    ON "scan_product_viewed"."__profile" = "p"."__profile"
 )
 SELECT
   "profile_aggregates"."__profile",
