@@ -94,11 +94,11 @@ class TableWriter:
             existing[key] = key_types[key]
         return {k: t for k, t in key_types.items() if k in existing}
 
-    def _insert_table(self, table: str, standard: list[tuple[str, str]], query: exp.Select) -> int:
+    def _insert_table(self, table: str, standard: list[tuple[str, str]], query: exp.Query) -> int:
         self.warehouse.ensure_table(self.schema, table, [(c, sql_type(t)) for c, t in standard])
         return self._insert(table, query)
 
-    def _insert(self, table: str, query: exp.Select) -> int:
+    def _insert(self, table: str, query: exp.Query) -> int:
         target = exp.table_(table, db=self.schema)
         columns = query.named_selects
         fresh = (
@@ -114,9 +114,7 @@ class TableWriter:
                 )
             )
         )
-        self.warehouse.execute(exp.insert(fresh, target, columns=columns))
-        counted = self.warehouse.fetchall(exp.select(exp.Count(this=exp.Star())).from_(query.subquery("s")))
-        return int(counted[0][0])
+        return self.warehouse.insert(exp.insert(fresh, target, columns=columns))
 
     def _upsert_users(self, key_columns: dict[str, str]) -> None:
         """One row per user_id holding the latest value of every key (SPEC §5)."""

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -206,6 +206,23 @@ def sql_type(value_type: str) -> exp.DataType:
     )
 
 
+Reduce = Callable[[exp.Expr], exp.Expr]  # how a column of a call is read from its change rows
+
+
+def _as_is(column: exp.Expr) -> exp.Expr:
+    return column
+
+
+def _max(column: exp.Expr) -> exp.Expr:
+    return exp.func("MAX", column)
+
+
+def _keys_in(keys: list[str]) -> exp.Expr:
+    if not keys:
+        return exp.false()
+    return exp.In(this=exp.column("definition_key"), expressions=[exp.Literal.string(k) for k in keys])
+
+
 class WarehouseRows:
     """SELECTs over the changes table shaped as the rows of `engage_<space>` tables (SPEC §5)."""
 
@@ -234,8 +251,7 @@ class WarehouseRows:
         }
 
     def _routed(self, *more: exp.Expr) -> exp.Expr:
-        keys = [exp.Literal.string(d.key) for d in self.definitions]
-        return exp.and_(exp.In(this=exp.column("definition_key"), expressions=keys), *more)
+        return exp.and_(_keys_in([d.key for d in self.definitions]), *more)
 
     def keys_with_values(self) -> exp.Select:
         """The trait keys with a non-null value in this run: only these may add a column."""
@@ -249,29 +265,29 @@ class WarehouseRows:
     def _moment(self, moment: datetime) -> exp.Expr:
         return exp.cast(exp.Literal.string(moment.isoformat(sep=" ")), "TIMESTAMP")
 
-    def _value(self, key: str, value_type: str) -> exp.Expr:
+    def _value(self, key: str, value_type: str, per_call: Reduce) -> exp.Expr:
         picked = exp.case().when(
             exp.column("trait_key").eq(exp.Literal.string(key)), exp.column("value_text")
         )
-        value: exp.Expr = exp.cast(exp.func("MAX", picked), sql_type(value_type))
+        value: exp.Expr = exp.cast(per_call(picked), sql_type(value_type))
         if value_type not in ("boolean", "bigint", "double", "timestamp"):
             value = exp.Left(this=value, expression=exp.Literal.number(MAX_STRING))
         return value
 
-    def _standard(self, id_column: str) -> list[exp.Expr]:
+    def _standard(self, id_column: str, per_call: Reduce) -> list[exp.Expr]:
         as_of, loaded = self._moment(self.context.as_of), self._moment(self.loaded_at)
         computation_class = (
             exp.case()
             .when(
-                exp.func("MAX", exp.column("kind")).eq(exp.Literal.string("audience")),
+                per_call(exp.column("kind")).eq(exp.Literal.string("audience")),
                 exp.Literal.string("audience"),
             )
             .else_(exp.Literal.string("trait"))
         )
         return [
             exp.alias_(exp.column(id_column), "id"),
-            exp.alias_(exp.func("MAX", exp.column("user_id")), "user_id"),
-            exp.alias_(exp.func("MAX", exp.column("anonymous_id")), "anonymous_id"),
+            exp.alias_(per_call(exp.column("user_id")), "user_id"),
+            exp.alias_(per_call(exp.column("anonymous_id")), "anonymous_id"),
             exp.alias_(as_of, "timestamp"),
             exp.alias_(as_of.copy(), "original_timestamp"),
             exp.alias_(self._moment(self.context.sent_at), "sent_at"),
@@ -280,13 +296,13 @@ class WarehouseRows:
             exp.alias_(exp.Literal.string("engage"), "context_library_name"),
             exp.alias_(exp.Literal.string(__version__), "context_library_version"),
             exp.alias_(computation_class, "context_personas_computation_class"),
-            exp.alias_(exp.func("MAX", exp.column("computation_id")), "context_personas_computation_id"),
+            exp.alias_(per_call(exp.column("computation_id")), "context_personas_computation_id"),
             exp.alias_(exp.column("definition_key"), "context_personas_computation_key"),
             exp.alias_(exp.Literal.string(self.context.namespace), "context_personas_namespace"),
             exp.alias_(exp.Literal.string(self.context.space), "context_personas_space_id"),
         ]
 
-    def _event_name(self, slug: bool) -> exp.Expr:
+    def _event_name(self, slug: bool, per_call: Reduce) -> exp.Expr:
         """The track event of each call, as configured (`event_text`) or snake_cased (`event`)."""
         events = self.context.events
         case = exp.case()
@@ -296,42 +312,60 @@ class WarehouseRows:
                 exp.Literal.string(snakecase(name) if slug else name),
             )
         computed = events.trait_computed
-        return exp.func("MAX", case.else_(exp.Literal.string(snakecase(computed) if slug else computed)))
+        return per_call(case.else_(exp.Literal.string(snakecase(computed) if slug else computed)))
 
-    def identifies(self, key_columns: dict[str, str]) -> exp.Select:
-        """One row per call, the call's trait keys as columns."""
-        return (
-            exp.select(
-                *self._standard("identify_id"),
-                *(exp.alias_(self._value(k, t), k) for k, t in key_columns.items()),
+    def _per_call(
+        self, columns: Callable[[Reduce], list[exp.Expr]], where: exp.Expr, id_column: str
+    ) -> exp.Query:
+        """One row per call. A call of an audience or computed trait is one change row, read as it is;
+        an SQL trait's call gathers one change row per column, grouped."""
+        single = [d.key for d in self.definitions if d.kind != "sql_trait"]
+        grouped = [d.key for d in self.definitions if d.kind == "sql_trait"]
+        parts: list[exp.Select] = [
+            exp.select(*columns(_as_is)).from_(self.changes).where(exp.and_(where, _keys_in(single)))
+        ]
+        if grouped:
+            parts.append(
+                exp.select(*columns(_max))
+                .from_(self.changes)
+                .where(exp.and_(where, _keys_in(grouped)))
+                .group_by("definition_key", "profile_id", id_column)
             )
-            .from_(self.changes)
-            .where(self._routed())
-            .group_by("definition_key", "profile_id", "identify_id")
-        )
+        query: exp.Query = parts[0]
+        for part in parts[1:]:
+            query = exp.union(query, part, distinct=False)
+        return query
+
+    def identifies(self, key_columns: dict[str, str]) -> exp.Query:
+        """One row per call, the call's trait keys as columns."""
+
+        def columns(per_call: Reduce) -> list[exp.Expr]:
+            values = (exp.alias_(self._value(k, t, per_call), k) for k, t in key_columns.items())
+            return [*self._standard("identify_id", per_call), *values]
+
+        return self._per_call(columns, exp.true(), "identify_id")
 
     def tracks(
         self, call: str | None = None, label: str | None = None, key_columns: dict[str, str] | None = None
-    ) -> exp.Select:
+    ) -> exp.Query:
         """One row per track call; with `call`, only that transition (a per-event table), with the
         `audience_key`/`trait_key` label and the key columns."""
-        columns = [
-            *self._standard("track_id"),
-            exp.alias_(self._event_name(slug=True), "event"),
-            exp.alias_(self._event_name(slug=False), "event_text"),
-        ]
-        where = (
-            self._routed() if call is None else self._routed(exp.column("call").eq(exp.Literal.string(call)))
-        )
-        if label is not None:
-            columns.append(exp.alias_(exp.column("definition_key"), label))
-        columns.extend(exp.alias_(self._value(k, t), k) for k, t in (key_columns or {}).items())
-        return (
-            exp.select(*columns)
-            .from_(self.changes)
-            .where(where)
-            .group_by("definition_key", "profile_id", "track_id")
-        )
+
+        def columns(per_call: Reduce) -> list[exp.Expr]:
+            selected = [
+                *self._standard("track_id", per_call),
+                exp.alias_(self._event_name(True, per_call), "event"),
+                exp.alias_(self._event_name(False, per_call), "event_text"),
+            ]
+            if label is not None:
+                selected.append(exp.alias_(exp.column("definition_key"), label))
+            selected.extend(
+                exp.alias_(self._value(k, t, per_call), k) for k, t in (key_columns or {}).items()
+            )
+            return selected
+
+        where = exp.true() if call is None else exp.column("call").eq(exp.Literal.string(call))
+        return self._per_call(columns, where, "track_id")
 
     def users(self, key_columns: dict[str, str]) -> exp.Select:
         """One row per user_id with the run's value of each key it changed, and a flag per key saying
@@ -342,7 +376,7 @@ class WarehouseRows:
                 exp.column("trait_key").eq(exp.Literal.string(key)), exp.Literal.number(1)
             )
             columns.append(exp.alias_(exp.func("COALESCE", exp.func("MAX", touched), 0), f"__changed_{key}"))
-            columns.append(exp.alias_(self._value(key, value_type), key))
+            columns.append(exp.alias_(self._value(key, value_type, _max), key))
         return (
             exp.select(*columns)
             .from_(self.changes)

@@ -47,6 +47,10 @@ class Warehouse(ABC):
         """Runs one statement that returns nothing the caller needs."""
 
     @abstractmethod
+    def insert(self, statement: exp.Insert) -> int:
+        """Runs an INSERT and returns how many rows it wrote."""
+
+    @abstractmethod
     def fetchall(self, query: exp.Expr) -> list[tuple[Any, ...]]:
         """Runs a query whose result is small (counts, key names, metadata)."""
 

@@ -67,6 +67,10 @@ class DuckDBWarehouse(Warehouse):
     def execute(self, statement: exp.Expr, parameters: Sequence[Any] = ()) -> None:
         self._run(self.render(statement), parameters)
 
+    def insert(self, statement: exp.Insert) -> int:
+        counted = self._run(self.render(statement)).fetchone()
+        return int(counted[0]) if counted else 0
+
     def fetchall(self, query: exp.Expr) -> list[tuple[Any, ...]]:
         return self._run(self.render(query)).fetchall()
 
