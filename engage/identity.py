@@ -21,12 +21,21 @@ class ProfileResolver(ABC):
     def profile(self, row: str) -> exp.Expr:
         """The profile id of a row of any source table aliased `row`."""
 
+    @abstractmethod
+    def anonymous_id(self, profile: exp.Expr, user_id: exp.Expr) -> exp.Expr:
+        """The anonymousId a profile's calls carry, from its id and its user_id."""
+
 
 class UserElseAnonymous(ProfileResolver):
-    """`none`: the row's user_id, else its anonymous_id."""
+    """`none`: the row's user_id, else its anonymous_id. An anonymous profile's id is its anonymousId; an
+    identified profile is its user_id, and its calls carry the userId only (which anonymous ids belong to a
+    user is identity resolution's question: SPEC §6)."""
 
     def profile(self, row: str) -> exp.Expr:
         return exp.func("COALESCE", exp.column("user_id", row), exp.column("anonymous_id", row))
+
+    def anonymous_id(self, profile: exp.Expr, user_id: exp.Expr) -> exp.Expr:
+        return exp.case().when(user_id.is_(exp.null()), profile)
 
 
 def resolver_for(config: IdentityConfig) -> ProfileResolver:

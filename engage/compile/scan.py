@@ -35,7 +35,6 @@ from engage.identity import ProfileResolver
 # The tables whose rows make someone a profile of the space, scanned even when no definition reads them.
 PROFILE_TABLES = ("tracks", "identifies", "pages", "screens")
 PROFILES_CTE, AGGREGATES_CTE, ROW = "profiles", "profile_aggregates", "e"
-ANONYMOUS_TS = "__anonymous_ts"
 
 
 class SharedScan:
@@ -123,7 +122,6 @@ class SharedScan:
         select = exp.select(
             exp.alias_(self.resolver.profile(alias), PROFILE),
             exp.alias_(exp.column("user_id", alias), "user_id"),
-            exp.alias_(exp.column("anonymous_id", alias), "anonymous_id"),
             exp.alias_(exp.column("timestamp", alias), TS),
         )
         if tagged:
@@ -163,18 +161,8 @@ class SharedScan:
         return _union_all(branches)
 
     def _family_query(self, family: list[str]) -> exp.Select:
-        anonymous, ts = exp.column("anonymous_id", ROW), exp.column(TS, ROW)
-        known = anonymous.is_(exp.null()).not_()
         select = exp.select(
-            exp.column(PROFILE, ROW),
-            exp.alias_(exp.func("MAX", exp.column("user_id", ROW)), USER_ID),
-            exp.alias_(
-                exp.func(
-                    "ARG_MAX", anonymous, exp.case().when(known, exp.Tuple(expressions=[ts, anonymous]))
-                ),
-                ANONYMOUS_ID,
-            ),
-            exp.alias_(exp.func("MAX", exp.case().when(known, ts)), ANONYMOUS_TS),
+            exp.column(PROFILE, ROW), exp.alias_(exp.func("MAX", exp.column("user_id", ROW)), USER_ID)
         )
         for alias, expression, tables in self._aggregates.values():
             if tables <= set(family):
@@ -188,18 +176,13 @@ class SharedScan:
         """The family passes, the space's profiles, and `profile_aggregates` joining them."""
         families = [(f"scan_{family[0]}", family) for family in self.families()]
         ctes: list[tuple[str, exp.Query]] = [(name, self._family_query(family)) for name, family in families]
-        every = _union_all(
-            [exp.select(PROFILE, USER_ID, ANONYMOUS_ID, ANONYMOUS_TS).from_(name) for name, _ in families]
-        )
-        anonymous = exp.column(ANONYMOUS_ID)
-        latest = exp.case().when(
-            anonymous.is_(exp.null()).not_(), exp.Tuple(expressions=[exp.column(ANONYMOUS_TS), anonymous])
-        )
+        every = _union_all([exp.select(PROFILE, USER_ID).from_(name) for name, _ in families])
+        user_id = exp.func("MAX", exp.column(USER_ID))
         profiles = (
             exp.select(
                 PROFILE,
-                exp.alias_(exp.func("MAX", exp.column(USER_ID)), USER_ID),
-                exp.alias_(exp.func("ARG_MAX", anonymous, latest), ANONYMOUS_ID),
+                exp.alias_(user_id, USER_ID),
+                exp.alias_(self.resolver.anonymous_id(exp.column(PROFILE), user_id.copy()), ANONYMOUS_ID),
             )
             .from_(every.subquery("seen"))
             .group_by(PROFILE)

@@ -3,11 +3,6 @@ WITH "scan_identifies" AS (
     "e"."__profile",
     MAX("e"."user_id") AS "__user_id",
     ARG_MAX(
-      "e"."anonymous_id",
-      CASE WHEN NOT "e"."anonymous_id" IS NULL THEN ("e"."__ts", "e"."anonymous_id") END
-    ) AS "__anonymous_id",
-    MAX(CASE WHEN NOT "e"."anonymous_id" IS NULL THEN "e"."__ts" END) AS "__anonymous_ts",
-    ARG_MAX(
       "e"."plan",
       CASE
         WHEN NOT "e"."plan" IS NULL
@@ -18,7 +13,6 @@ WITH "scan_identifies" AS (
     SELECT
       COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
       "t"."user_id" AS "user_id",
-      "t"."anonymous_id" AS "anonymous_id",
       "t"."timestamp" AS "__ts",
       "t"."received_at" AS "__received_at",
       "t"."id" AS "__id",
@@ -31,7 +25,6 @@ WITH "scan_identifies" AS (
     SELECT
       COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
       "t"."user_id" AS "user_id",
-      "t"."anonymous_id" AS "anonymous_id",
       "t"."timestamp" AS "__ts",
       "t"."received_at" AS "__received_at",
       "t"."id" AS "__id",
@@ -47,11 +40,6 @@ WITH "scan_identifies" AS (
   SELECT
     "e"."__profile",
     MAX("e"."user_id") AS "__user_id",
-    ARG_MAX(
-      "e"."anonymous_id",
-      CASE WHEN NOT "e"."anonymous_id" IS NULL THEN ("e"."__ts", "e"."anonymous_id") END
-    ) AS "__anonymous_id",
-    MAX(CASE WHEN NOT "e"."anonymous_id" IS NULL THEN "e"."__ts" END) AS "__anonymous_ts",
     COUNT_IF(TRUE) AS "a2",
     ARG_MAX(
       "e"."currency",
@@ -70,7 +58,6 @@ WITH "scan_identifies" AS (
     SELECT
       COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
       "t"."user_id" AS "user_id",
-      "t"."anonymous_id" AS "anonymous_id",
       "t"."timestamp" AS "__ts",
       "t"."received_at" AS "__received_at",
       "t"."id" AS "__id",
@@ -85,7 +72,6 @@ WITH "scan_identifies" AS (
     SELECT
       COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
       "t"."user_id" AS "user_id",
-      "t"."anonymous_id" AS "anonymous_id",
       "t"."timestamp" AS "__ts",
       "t"."received_at" AS "__received_at",
       "t"."id" AS "__id",
@@ -103,17 +89,11 @@ WITH "scan_identifies" AS (
   SELECT
     "e"."__profile",
     MAX("e"."user_id") AS "__user_id",
-    ARG_MAX(
-      "e"."anonymous_id",
-      CASE WHEN NOT "e"."anonymous_id" IS NULL THEN ("e"."__ts", "e"."anonymous_id") END
-    ) AS "__anonymous_id",
-    MAX(CASE WHEN NOT "e"."anonymous_id" IS NULL THEN "e"."__ts" END) AS "__anonymous_ts",
     COUNT_IF("e"."name" IN ('Pricing', 'Home')) AS "a8"
   FROM (
     SELECT
       COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
       "t"."user_id" AS "user_id",
-      "t"."anonymous_id" AS "anonymous_id",
       "t"."timestamp" AS "__ts",
       "t"."name" AS "name"
     FROM "website"."pages" AS "t"
@@ -124,7 +104,6 @@ WITH "scan_identifies" AS (
     SELECT
       COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
       "t"."user_id" AS "user_id",
-      "t"."anonymous_id" AS "anonymous_id",
       "t"."timestamp" AS "__ts",
       "t"."name" AS "name"
     FROM "ios"."pages" AS "t"
@@ -138,11 +117,6 @@ WITH "scan_identifies" AS (
   SELECT
     "e"."__profile",
     MAX("e"."user_id") AS "__user_id",
-    ARG_MAX(
-      "e"."anonymous_id",
-      CASE WHEN NOT "e"."anonymous_id" IS NULL THEN ("e"."__ts", "e"."anonymous_id") END
-    ) AS "__anonymous_id",
-    MAX(CASE WHEN NOT "e"."anonymous_id" IS NULL THEN "e"."__ts" END) AS "__anonymous_ts",
     COUNT_IF(TRUE) AS "a0",
     LIST_SORT(
       ARRAY_AGG(DISTINCT CAST("e"."category" AS TEXT)) FILTER(WHERE
@@ -153,7 +127,6 @@ WITH "scan_identifies" AS (
     SELECT
       COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
       "t"."user_id" AS "user_id",
-      "t"."anonymous_id" AS "anonymous_id",
       "t"."timestamp" AS "__ts",
       "t"."category" AS "category"
     FROM "website"."product_viewed" AS "t"
@@ -164,7 +137,6 @@ WITH "scan_identifies" AS (
     SELECT
       COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
       "t"."user_id" AS "user_id",
-      "t"."anonymous_id" AS "anonymous_id",
       "t"."timestamp" AS "__ts",
       "t"."category" AS "category"
     FROM "ios"."product_viewed" AS "t"
@@ -177,17 +149,11 @@ WITH "scan_identifies" AS (
 ), "scan_tracks" AS (
   SELECT
     "e"."__profile",
-    MAX("e"."user_id") AS "__user_id",
-    ARG_MAX(
-      "e"."anonymous_id",
-      CASE WHEN NOT "e"."anonymous_id" IS NULL THEN ("e"."__ts", "e"."anonymous_id") END
-    ) AS "__anonymous_id",
-    MAX(CASE WHEN NOT "e"."anonymous_id" IS NULL THEN "e"."__ts" END) AS "__anonymous_ts"
+    MAX("e"."user_id") AS "__user_id"
   FROM (
     SELECT
       COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
       "t"."user_id" AS "user_id",
-      "t"."anonymous_id" AS "anonymous_id",
       "t"."timestamp" AS "__ts"
     FROM "website"."tracks" AS "t"
     WHERE
@@ -197,7 +163,6 @@ WITH "scan_identifies" AS (
     SELECT
       COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
       "t"."user_id" AS "user_id",
-      "t"."anonymous_id" AS "anonymous_id",
       "t"."timestamp" AS "__ts"
     FROM "ios"."tracks" AS "t"
     WHERE
@@ -210,47 +175,31 @@ WITH "scan_identifies" AS (
   SELECT
     "__profile",
     MAX("__user_id") AS "__user_id",
-    ARG_MAX(
-      "__anonymous_id",
-      CASE
-        WHEN NOT "__anonymous_id" IS NULL
-        THEN ("__anonymous_ts", "__anonymous_id")
-      END
-    ) AS "__anonymous_id"
+    CASE WHEN MAX("__user_id") IS NULL THEN "__profile" END AS "__anonymous_id"
   FROM (
     SELECT
       "__profile",
-      "__user_id",
-      "__anonymous_id",
-      "__anonymous_ts"
+      "__user_id"
     FROM "scan_identifies"
     UNION ALL
     SELECT
       "__profile",
-      "__user_id",
-      "__anonymous_id",
-      "__anonymous_ts"
+      "__user_id"
     FROM "scan_order_completed"
     UNION ALL
     SELECT
       "__profile",
-      "__user_id",
-      "__anonymous_id",
-      "__anonymous_ts"
+      "__user_id"
     FROM "scan_pages"
     UNION ALL
     SELECT
       "__profile",
-      "__user_id",
-      "__anonymous_id",
-      "__anonymous_ts"
+      "__user_id"
     FROM "scan_product_viewed"
     UNION ALL
     SELECT
       "__profile",
-      "__user_id",
-      "__anonymous_id",
-      "__anonymous_ts"
+      "__user_id"
     FROM "scan_tracks"
   ) AS "seen"
   GROUP BY
