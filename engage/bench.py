@@ -419,7 +419,9 @@ def _connect(params: dict[str, Any], *, limited: bool = True) -> Any:
 
     config: dict[str, Any] = {}
     if limited:
+        # The same settings engage's DuckDB adapter runs with.
         config["memory_limit"] = params["memory_limit"]
+        config["preserve_insertion_order"] = False
         if params.get("threads") is not None:
             config["threads"] = params["threads"]
     return duckdb.connect(str(Path(params["root"]) / DATABASE), config=config)

@@ -41,7 +41,8 @@ class DuckDBWarehouse(Warehouse):
         self.path = path
         if not read_only:
             path.parent.mkdir(parents=True, exist_ok=True)
-        config: dict[str, Any] = {}
+        # No statement engage runs depends on row order, and keeping it costs memory on large inserts.
+        config: dict[str, Any] = {"preserve_insertion_order": False}
         if threads is not None:
             config["threads"] = threads
         if memory_limit is not None:
