@@ -123,14 +123,24 @@ def compile_command(ctx: click.Context, space: str, dialect: str | None, as_of: 
 @click.option("--space", default="default", show_default=True)
 @click.option("--as-of", default=None, help="ISO time to compute as of (default: now).")
 @click.option("--dry-run", is_flag=True, help="Compute and report counts; write nothing.")
+@click.option(
+    "--full-refresh", is_flag=True, help="Recompute even when no row, definition or window boundary changed."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @click.pass_context
 @handles_errors
-def sync(ctx: click.Context, space: str, as_of: str | None, dry_run: bool, as_json: bool) -> None:
+def sync(
+    ctx: click.Context, space: str, as_of: str | None, dry_run: bool, full_refresh: bool, as_json: bool
+) -> None:
     """Compute every definition of a space and send what changed since the last run."""
     project = _project(ctx)
     summary = run_space(
-        project, space, as_of=parse_as_of(as_of), dry_run=dry_run, console=console_for(as_json)
+        project,
+        space,
+        as_of=parse_as_of(as_of),
+        dry_run=dry_run,
+        full_refresh=full_refresh,
+        console=console_for(as_json),
     )
     if as_json:
         click.echo(json.dumps(summary.to_json(), indent=2))

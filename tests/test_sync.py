@@ -486,3 +486,15 @@ def test_a_missing_warehouse_file_is_reported_and_not_created(workspace: Workspa
         and "engage demo" in result.output
     )
     assert not database.exists()
+
+
+def test_cli_reports_an_unchanged_run_and_full_refresh_recomputes(workspace: Workspace) -> None:
+    workspace.define(FAST)
+    workspace.track("Order Completed", "2024-03-01T00:00:00", user_id="u1", revenue=2.0)
+    args = ("sync", "--space", "default", "--as-of", "2024-03-10T00:00:00")
+    assert json.loads(workspace.cli(*args, "--json").output)["status"] == "succeeded"
+    unchanged = workspace.cli(*args)
+    assert unchanged.exit_code == 0 and "nothing can have changed since run" in unchanged.output
+    assert json.loads(workspace.cli(*args, "--json").output)["status"] == "unchanged"
+    refreshed = json.loads(workspace.cli(*args, "--full-refresh", "--json").output)
+    assert refreshed["status"] == "succeeded" and refreshed["changed"] == 0
