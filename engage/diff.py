@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from sqlglot import exp
 
 from engage.compile.compiler import CompiledDefinition, Output
-from engage.compile.expressions import ANONYMOUS_ID, PROFILE, USER_ID
+from engage.compile.expressions import ANONYMOUS_ID, PROFILE, USER_ID, union_all
 
 CURRENT, CURRENT_LONG, CHANGES = "__engage_current", "__engage_current_long", "__engage_changes"
 FLOAT_TOLERANCE = 1e-9
@@ -79,10 +79,7 @@ def current_long(definitions: Sequence[CompiledDefinition]) -> exp.Query:
             *(exp.alias_(exp.cast(exp.null(), "VARCHAR"), c) for c in columns),
             exp.alias_(exp.cast(exp.null(), "DOUBLE"), "value_num"),
         ).where(exp.false())
-    query: exp.Query = branches[0]
-    for branch in branches[1:]:
-        query = exp.union(query, branch, distinct=False)
-    return query
+    return union_all(branches)
 
 
 def definitions_relation(space: str, definitions: Sequence[CompiledDefinition]) -> exp.Query:

@@ -19,7 +19,7 @@ from sqlglot import exp
 
 from engage.catalog import Catalog, Table
 from engage.compile.compiler import CompiledSpace
-from engage.compile.expressions import timestamp
+from engage.compile.expressions import timestamp, union_all
 from engage.warehouse.base import Warehouse
 
 # The column telling when Segment loaded a row, in order of preference.
@@ -61,10 +61,8 @@ def observe(warehouse: Warehouse, catalog: Catalog, compiled: CompiledSpace) -> 
         )
     watermarks: dict[str, list[Any]] = {}
     if branches:
-        query: exp.Query = branches[0]
-        for branch in branches[1:]:
-            query = exp.union(query, branch, distinct=False, copy=False)
-        watermarks = {name: [count, newest] for name, count, newest in warehouse.fetchall(query)}
+        rows = warehouse.fetchall(union_all(branches))
+        watermarks = {name: [count, newest] for name, count, newest in rows}
     return Inputs(
         as_of=compiled.as_of.isoformat(),
         definitions={d.key: d.fingerprint for d in compiled.definitions},

@@ -18,6 +18,7 @@ from sqlglot import exp
 
 from engage import __version__
 from engage.compile.compiler import CompiledDefinition, Output
+from engage.compile.expressions import union_all
 from engage.config import EventNames
 from engage.naming import snakecase
 from engage.warehouse.base import Warehouse
@@ -331,10 +332,7 @@ class WarehouseRows:
                 .where(exp.and_(where, _keys_in(grouped)))
                 .group_by("definition_key", "profile_id", id_column)
             )
-        query: exp.Query = parts[0]
-        for part in parts[1:]:
-            query = exp.union(query, part, distinct=False)
-        return query
+        return union_all(parts)
 
     def identifies(self, key_columns: dict[str, str]) -> exp.Query:
         """One row per call, the call's trait keys as columns."""

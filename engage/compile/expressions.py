@@ -5,6 +5,7 @@ User names enter SQL only as identifiers and user values only as literals; nothi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from sqlglot import exp
@@ -107,6 +108,14 @@ def compare(column: exp.Expr, column_type: str, op: str, value: Scalar | list[Sc
     if op == "neq":
         return left.neq(right)
     raise AssertionError(f"unhandled op {op}")
+
+
+def union_all(branches: Sequence[exp.Query]) -> exp.Query:
+    """`UNION ALL` of one or more queries with the same columns."""
+    query = branches[0]
+    for branch in branches[1:]:
+        query = exp.union(query, branch, distinct=False, copy=False)
+    return query
 
 
 def conjunction(*predicates: exp.Expr) -> exp.Expr:

@@ -29,6 +29,7 @@ from engage.compile.expressions import (
     USER_ID,
     sql_type,
     timestamp,
+    union_all,
 )
 from engage.identity import ProfileResolver
 
@@ -158,17 +159,25 @@ class SharedScan:
             for name in family
             for table in self.catalog.tables_named(name)
         ]
-        return _union_all(branches)
+        return union_all(branches)
+
+    def _aggregates_of(self, family: list[str]) -> list[tuple[str, exp.Expr]]:
+        """(alias, aggregate) of every aggregate whose tables are all in `family`."""
+        members = set(family)
+        return [
+            (alias, expression)
+            for alias, expression, tables in self._aggregates.values()
+            if tables <= members
+        ]
 
     def _family_query(self, family: list[str]) -> exp.Select:
         select = exp.select(
             exp.column(PROFILE, ROW), exp.alias_(exp.func("MAX", exp.column("user_id", ROW)), USER_ID)
         )
-        for alias, expression, tables in self._aggregates.values():
-            if tables <= set(family):
-                if len(family) == 1:  # every row is from this table: the tag tests are TRUE
-                    expression = _without_table_tests(expression)
-                select = select.select(exp.alias_(expression, alias), copy=False)
+        for alias, expression in self._aggregates_of(family):
+            if len(family) == 1:  # every row is from this table: the tag tests are TRUE
+                expression = _without_table_tests(expression)
+            select = select.select(exp.alias_(expression, alias), copy=False)
         rows = self._family_rows(family).subquery(ROW)
         return select.from_(rows, copy=False).group_by(exp.column(PROFILE, ROW), copy=False)
 
@@ -176,7 +185,7 @@ class SharedScan:
         """The family passes, the space's profiles, and `profile_aggregates` joining them."""
         families = [(f"scan_{family[0]}", family) for family in self.families()]
         ctes: list[tuple[str, exp.Query]] = [(name, self._family_query(family)) for name, family in families]
-        every = _union_all([exp.select(PROFILE, USER_ID).from_(name) for name, _ in families])
+        every = union_all([exp.select(PROFILE, USER_ID).from_(name) for name, _ in families])
         user_id = exp.func("MAX", exp.column(USER_ID))
         profiles = (
             exp.select(
@@ -192,7 +201,7 @@ class SharedScan:
             exp.table_(PROFILES_CTE, alias="p")
         )
         for name, family in families:
-            aliases = [alias for alias, _, tables in self._aggregates.values() if tables <= set(family)]
+            aliases = [alias for alias, _ in self._aggregates_of(family)]
             if not aliases:
                 continue
             joined = joined.select(*(exp.column(a, name) for a in aliases), copy=False).join(
@@ -237,13 +246,6 @@ def _without_table_tests(expression: exp.Expr) -> exp.Expr:
     return expression.copy().transform(simplify, copy=False)
 
 
-def _union_all(branches: list[exp.Select]) -> exp.Query:
-    query: exp.Query = branches[0]
-    for branch in branches[1:]:
-        query = exp.union(query, branch, distinct=False, copy=False)
-    return query
-
-
 def event_table_rows(
     catalog: Catalog,
     resolver: ProfileResolver,
@@ -256,4 +258,4 @@ def event_table_rows(
     tables = catalog.tables_named(table_name)
     typed = [(c, catalog.column_type(tables, c)) for c in columns]
     scan = SharedScan(catalog, resolver, as_of)
-    return _union_all([scan.source_rows(t, typed, ordered=False) for t in tables])
+    return union_all([scan.source_rows(t, typed, ordered=False) for t in tables])

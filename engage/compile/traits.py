@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from sqlglot import exp
 
 from engage.catalog import BIGINT, DOUBLE, VARCHAR
-from engage.compile.expressions import PROFILE, TS, conjunction, sql_type
+from engage.compile.expressions import PROFILE, TS, conjunction, sql_type, union_all
 from engage.compile.scan import ROW
 from engage.definitions.models import TraitDefinition
 
@@ -90,11 +90,7 @@ def most_frequent(
     """Its own query: counts per (profile, value), then the value seen at least `min_frequency` times
     with the highest count; ties go to the alphabetically first value."""
     needed = sorted({prop_column, *(c for c in resolved.values() if c)})
-    rows: exp.Query | None = None
-    for table in tables:
-        branch = compiler.event_rows(table, needed)
-        rows = branch if rows is None else exp.union(rows, branch, distinct=False)
-    assert rows is not None
+    rows = union_all([compiler.event_rows(table, needed) for table in tables])
     row = ROW
     prop = exp.column(prop_column, row)
     types = {
