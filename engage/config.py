@@ -220,7 +220,7 @@ def load_project(root: Path) -> Project:
         raise ConfigError(f"no {CONFIG_PATH} in {root} (use --project DIR)")
     documents = list(read_documents(path, display=CONFIG_PATH))
     if len(documents) != 1:
-        raise ConfigError("the config file must hold exactly one YAML document", Location(path, 1))
+        raise ConfigError("the config file must hold exactly one YAML document", Location(CONFIG_PATH, 1))
     document = documents[0]
     data = _interpolate(document.data, document, ())
     try:
