@@ -23,9 +23,10 @@ from engage.console import console_for
 from engage.errors import EngageError, InputErrors
 from engage.state import StateStore
 from engage.sync import RunSummary, open_readonly, parse_as_of, prepare, run_space
+from engage.warehouse.capabilities import BY_DIALECT
 
 F = TypeVar("F", bound=Callable[..., Any])
-DIALECTS = ["duckdb", "postgres", "redshift", "snowflake", "bigquery", "databricks", "spark"]
+DIALECTS = sorted(BY_DIALECT)
 
 
 def _fail(err: EngageError, as_json: bool) -> None:
@@ -114,8 +115,7 @@ def compile_command(ctx: click.Context, space: str, dialect: str | None, as_of: 
     project = _project(ctx)
     with prepare(project, space, read_only=True) as prepared:
         compiled = prepared.compile(parse_as_of(as_of), dialect)
-    target = dialect or prepared.warehouse.dialect
-    for title, sql in compiled.statements(target):
+    for title, sql in compiled.statements():
         click.echo(f"-- {title}\n{sql};\n")
 
 

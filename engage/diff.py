@@ -29,8 +29,8 @@ def computation_id(space: str, key: str, kind: str) -> str:
 
 
 def _text(output: Output, column: exp.Expr) -> exp.Expr:
-    if output.value_type == "json":
-        return exp.cast(exp.func("TO_JSON", column), "VARCHAR")
+    if output.value_type == "json":  # already JSON text
+        return column
     if output.value_type == "boolean":
         return (
             exp.case()
@@ -225,7 +225,7 @@ def changes(
         separated: list[exp.Expr] = []
         for part in parts:
             separated.extend([part, exp.Literal.string("|")])
-        return exp.func("MD5", exp.func("CONCAT", *separated[:-1]))
+        return exp.MD5(this=exp.func("CONCAT", *separated[:-1]))
 
     return (
         exp.select(

@@ -34,6 +34,7 @@ from engage.identity import resolver_for
 from engage.messages import MessageContext, WarehouseRows
 from engage.state import RunRecord, StateStore
 from engage.warehouse import Warehouse, open_warehouse
+from engage.warehouse.capabilities import capabilities_for
 
 log = logging.getLogger("engage.sync")
 
@@ -113,7 +114,8 @@ class PreparedSpace:
             if d.query is not None and dialect in (None, self.warehouse.dialect)
         }
         resolver = resolver_for(self.space.config.identity)
-        return compile_space(self.definitions, self.catalog, resolver, as_of, types)
+        caps = capabilities_for(dialect) if dialect else self.warehouse.capabilities
+        return compile_space(self.definitions, self.catalog, resolver, as_of, types, caps)
 
 
 @contextmanager

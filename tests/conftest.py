@@ -7,6 +7,7 @@ and reads back what it computed and sent.
 
 from __future__ import annotations
 
+import json
 import textwrap
 from collections.abc import Iterator
 from datetime import datetime
@@ -16,10 +17,12 @@ from typing import Any
 import duckdb
 import pytest
 from click.testing import CliRunner, Result
+from sqlglot import exp
 
 from engage.cli import main
 from engage.config import load_project
 from engage.console import NoopConsole
+from engage.diff import CURRENT
 from engage.naming import snakecase
 from engage.sync import RunSummary, materialize_current, prepare, run_space
 from engage_connectors.memory import MemoryConnector
@@ -197,12 +200,17 @@ class Workspace:
         with prepare(load_project(self.root), "default", read_only=True) as prepared:
             compiled = prepared.compile(at(as_of))
             materialize_current(prepared.warehouse, compiled, NoopConsole())
-            keys = [o.trait_key for o in compiled.outputs]
-            rows = prepared.warehouse.connection.execute(
-                "SELECT * FROM __engage_current").fetchall()  # fmt: skip
-            names = [d[0] for d in prepared.warehouse.connection.description or []]
-        table = [dict(zip(names, row, strict=True)) for row in rows]
-        return {k: {r["__profile"]: r[k] for r in table} for k in keys}
+            types = {o.trait_key: o.value_type for o in compiled.outputs}
+            query = exp.select("*").from_(CURRENT)
+            table = [
+                dict(zip(names, row, strict=True))
+                for names, rows in prepared.warehouse.fetch_batches(query, 10_000)
+                for row in rows
+            ]
+        decode = {"json": lambda v: None if v is None else json.loads(v)}
+        return {
+            k: {r["__profile"]: decode.get(t, lambda v: v)(r[k]) for r in table} for k, t in types.items()
+        }
 
     def members(self, key: str, as_of: str) -> set[str]:
         return {p for p, v in self.current(as_of)[key].items() if v}

@@ -19,6 +19,7 @@ from engage.catalog import Catalog, Table
 from engage.compile.compiler import CompiledSpace, compile_space
 from engage.definitions.loader import LoadedDefinition, load_definitions
 from engage.identity import UserElseAnonymous
+from engage.warehouse.capabilities import capabilities_for
 
 GOLDEN = Path(__file__).parent / "golden"
 AS_OF = datetime(2024, 3, 1, 12, 0, 0)
@@ -47,9 +48,13 @@ def definitions(tmp_path: Path, text: str) -> list[LoadedDefinition]:
     return load_definitions(folder, tmp_path, "duckdb")
 
 
-def compiled(tmp_path: Path, text: str, *sources: str) -> CompiledSpace:
+def compiled(tmp_path: Path, text: str, *sources: str, dialect: str = "duckdb") -> CompiledSpace:
     return compile_space(
-        definitions(tmp_path, text), catalog(*(sources or ("website",))), UserElseAnonymous(), AS_OF
+        definitions(tmp_path, text),
+        catalog(*(sources or ("website",))),
+        UserElseAnonymous(),
+        AS_OF,
+        caps=capabilities_for(dialect),
     )
 
 
@@ -111,14 +116,14 @@ def check_golden(name: str, sql: str) -> None:
 
 def test_golden_duckdb(tmp_path: Path) -> None:
     space = compiled(tmp_path, SPACE, "website", "ios")
-    ((_, sql),) = space.statements("duckdb")
+    ((_, sql),) = space.statements()
     check_golden("space.duckdb.sql", sql)
 
 
 @pytest.mark.parametrize("dialect", ["postgres", "redshift", "snowflake", "bigquery", "databricks"])
 def test_other_dialects_render_sql_that_parses_back(tmp_path: Path, dialect: str) -> None:
-    space = compiled(tmp_path, SPACE)
-    ((_, sql),) = space.statements(dialect)
+    space = compiled(tmp_path, SPACE, dialect=dialect)
+    ((_, sql),) = space.statements()
     parsed = sqlglot.parse_one(sql, read=dialect)
     assert isinstance(parsed, exp.Select)
     assert "order_completed" in sql.lower()
@@ -152,7 +157,7 @@ def test_one_scan_per_source_table_however_many_definitions_read_it(tmp_path: Pa
     ]
     many.append("kind: trait\nname: Revenue\ntype: sum\nevent: Order Completed\nproperty: revenue\n")
     space = compiled(tmp_path, "---\n".join(many), "website", "ios")
-    ((_, sql),) = space.statements("duckdb")
+    ((_, sql),) = space.statements()
     assert _reads(sql, "order_completed") == 2  # once per source, not once per definition
     assert _reads(sql, "tracks") == 2 and _reads(sql, "identifies") == 2 and _reads(sql, "pages") == 2
     assert _reads(sql, "product_viewed") == 0
@@ -256,7 +261,7 @@ def test_values_enter_sql_as_literals_never_as_text(tmp_path: Path) -> None:
           where: [{property: currency, op: eq, value: "x'; DROP TABLE website.tracks; --"}]
     """,
     )
-    ((_, sql),) = space.statements("duckdb")
+    ((_, sql),) = space.statements()
     statements = sqlglot.parse(sql, read="duckdb")
     assert len(statements) == 1 and isinstance(statements[0], exp.Select)
     literals = {lit.this for lit in statements[0].find_all(exp.Literal) if lit.is_string}

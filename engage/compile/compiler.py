@@ -18,7 +18,16 @@ from sqlglot import exp
 
 from engage.catalog import BOOLEAN, Catalog, Table
 from engage.compile.conditions import condition
-from engage.compile.expressions import ANONYMOUS_ID, PROFILE, USER_ID, compare, false_if_null, timestamp
+from engage.compile.expressions import (
+    ANONYMOUS_ID,
+    PROFILE,
+    USER_ID,
+    compare,
+    false_if_null,
+    sql_type,
+    timestamp,
+)
+from engage.compile.portable import pick
 from engage.compile.scan import AGGREGATES_CTE, SharedScan, event_table_rows
 from engage.compile.traits import trait_value
 from engage.definitions.loader import LoadedDefinition, sql_trait_columns, sql_trait_identifier
@@ -30,6 +39,7 @@ from engage.definitions.models import (
     Window,
 )
 from engage.identity import ProfileResolver
+from engage.warehouse.capabilities import CANONICAL, Capabilities
 
 Kind = Literal["audience", "trait", "sql_trait"]
 # Fingerprints compile each definition alone at this as-of, so they do not change with the run's time.
@@ -93,13 +103,15 @@ class CompiledSpace:
     as_of: datetime
     tables: list[str]  # the source tables (by name, in every source) the queries read
     windows: list[timedelta]  # every `within` used: results change when an event crosses as_of - N
+    caps: Capabilities  # the engine it was compiled for
 
     @property
     def outputs(self) -> list[Output]:
         return [o for d in self.definitions for o in d.outputs]
 
-    def statements(self, dialect: str, pretty: bool = True) -> list[tuple[str, str]]:
-        """(title, SQL) pairs, as `engage compile` prints them."""
+    def statements(self, pretty: bool = True) -> list[tuple[str, str]]:
+        """(title, SQL) pairs in the engine's dialect, as `engage compile` prints them."""
+        dialect = self.caps.dialect
         rendered = [
             (
                 f"SQL trait {s.definition.key} → {s.table}",
@@ -121,13 +133,15 @@ class Compiler:
         as_of: datetime,
         definitions: dict[str, LoadedDefinition],
         sql_trait_types: dict[str, dict[str, str]],
+        caps: Capabilities,
     ) -> None:
+        self.caps = caps
         self.catalog = catalog
         self.resolver = resolver
         self.as_of = as_of
         self.definitions = definitions
         self.sql_trait_types = sql_trait_types
-        self.scan = SharedScan(catalog, resolver, as_of)
+        self.scan = SharedScan(catalog, resolver, as_of, caps)
         self._ctes: list[tuple[str, exp.Query]] = []
         self._joins: list[tuple[str, exp.Expr]] = []
         self._audiences: dict[str, exp.Expr] = {}
@@ -152,7 +166,7 @@ class Compiler:
     def event_rows(self, table: str, columns: list[str]) -> exp.Query:
         """The visible rows of one event table, for a query with its own pass (funnels, most_frequent)."""
         self._own_queries.add(table)
-        return event_table_rows(self.catalog, self.resolver, self.as_of, table, columns)
+        return event_table_rows(self.catalog, self.resolver, self.as_of, self.caps, table, columns)
 
     @property
     def tables(self) -> list[str]:
@@ -187,7 +201,7 @@ class Compiler:
         for item in where:
             name = resolved[item.property]
             assert name is not None
-            predicates.append(compare(column(name), type_of(name), item.op, item.value))
+            predicates.append(compare(self.caps, column(name), type_of(name), item.op, item.value))
         return predicates
 
     def audience_member(self, key: str) -> exp.Expr:
@@ -226,10 +240,10 @@ class Compiler:
         scan = self.scan
         scan.read("identifies", [key], ordered=True)
         value = scan.column(key)
-        newest = exp.case().when(
-            exp.and_(scan.event_is("identifies"), value.is_(exp.null()).not_()), scan.order_key()
-        )
-        return scan.aggregate(exp.func("ARG_MAX", value, newest)), scan.type_of(key)
+        known = exp.and_(scan.event_is("identifies"), value.is_(exp.null()).not_())
+        value_type = scan.type_of(key)
+        latest = pick(self.caps, value, scan.order_key(), known, newest=True, value_type=sql_type(value_type))
+        return scan.aggregate(latest), value_type
 
     def sql_trait(self, loaded: LoadedDefinition) -> SqlTraitQuery:
         if loaded.key not in self._sql_traits:
@@ -306,19 +320,27 @@ def compile_space(
     resolver: ProfileResolver,
     as_of: datetime,
     sql_trait_types: dict[str, dict[str, str]] | None = None,
+    caps: Capabilities = CANONICAL,
 ) -> CompiledSpace:
-    """Compiles every definition of a space into one current-values query, with fingerprints."""
+    """Compiles every definition of a space into one current-values query for the engine of `caps`,
+    with fingerprints (which do not depend on the engine)."""
     by_key = {d.key: d for d in definitions}
     ordered = sorted(definitions, key=lambda d: d.key)
     types = sql_trait_types or {}
-    compiler = Compiler(catalog, resolver, as_of, by_key, types)
+    compiler = Compiler(catalog, resolver, as_of, by_key, types, caps)
     query, outputs = compiler.build(ordered)
     compiled = [
         CompiledDefinition(loaded, outs, fingerprint(loaded, by_key, catalog, resolver, types))
         for loaded, outs in zip(ordered, outputs, strict=True)
     ]
     return CompiledSpace(
-        compiled, compiler.sql_trait_queries, query, as_of, compiler.tables, sorted(compiler.windows)
+        compiled,
+        compiler.sql_trait_queries,
+        query,
+        as_of,
+        compiler.tables,
+        sorted(compiler.windows),
+        caps,
     )
 
 
@@ -338,7 +360,7 @@ def fingerprint(
         columns.update(table.columns)
         merged[("source", name)] = Table("source", name, columns)
     logical = Catalog(("source",), merged)
-    compiler = Compiler(logical, resolver, FINGERPRINT_AS_OF, definitions, sql_trait_types)
+    compiler = Compiler(logical, resolver, FINGERPRINT_AS_OF, definitions, sql_trait_types, CANONICAL)
     query, outputs = compiler.build([loaded], positional=True)
     parts = [
         query.sql(dialect="duckdb"),

@@ -36,7 +36,7 @@ def condition(compiler: Compiler, node: Condition) -> exp.Expr:
         return event_condition(compiler, node)
     if isinstance(node, TraitCondition):
         value, value_type = compiler.trait_reference(node.trait)
-        return false_if_null(compare(value, value_type, node.op, node.value))
+        return false_if_null(compare(compiler.caps, value, value_type, node.op, node.value))
     if isinstance(node, InAudienceCondition):
         return compiler.audience_member(node.in_audience)
     if isinstance(node, NotInAudienceCondition):

@@ -11,7 +11,9 @@ from datetime import datetime
 from sqlglot import exp
 
 from engage.catalog import BOOLEAN, NUMERIC, TIMESTAMP, VARCHAR
+from engage.compile.portable import to_double
 from engage.definitions.models import Scalar
+from engage.warehouse.capabilities import Capabilities
 
 # Names of the shared columns the compiler adds; `__` keeps them apart from property and trait names.
 PROFILE, USER_ID, ANONYMOUS_ID = "__profile", "__user_id", "__anonymous_id"
@@ -68,15 +70,19 @@ def _operand(column: exp.Expr, column_type: str, value: Scalar) -> tuple[exp.Exp
     return _as_text(column, column_type), exp.Literal.string(_text(value))
 
 
-def _ordered_operand(column: exp.Expr, column_type: str, value: Scalar) -> tuple[exp.Expr, exp.Expr]:
+def _ordered_operand(
+    caps: Capabilities, column: exp.Expr, column_type: str, value: Scalar
+) -> tuple[exp.Expr, exp.Expr]:
     """gt/gte/lt/lte: numbers compare as numbers even on a text column (non-numbers become NULL)."""
     number = _number(value)
     if number is not None and column_type not in NUMERIC and column_type != TIMESTAMP:
-        return exp.TryCast(this=column, to=exp.DataType.build("DOUBLE")), exp.convert(number)
+        return to_double(caps, column), exp.convert(number)
     return _operand(column, column_type, value)
 
 
-def compare(column: exp.Expr, column_type: str, op: str, value: Scalar | list[Scalar] | None) -> exp.Expr:
+def compare(
+    caps: Capabilities, column: exp.Expr, column_type: str, op: str, value: Scalar | list[Scalar] | None
+) -> exp.Expr:
     """`column <op> value` with SPEC §2 semantics. NULL columns yield NULL (false) except `not_exists`."""
     if op == "exists":
         return column.is_(exp.null()).not_()
@@ -99,7 +105,7 @@ def compare(column: exp.Expr, column_type: str, op: str, value: Scalar | list[Sc
         edge = exp.Left if op == "starts_with" else exp.Right
         return edge(this=text, expression=length).eq(needle)
     if op in ("gt", "gte", "lt", "lte"):
-        left, right = _ordered_operand(column, column_type, value)
+        left, right = _ordered_operand(caps, column, column_type, value)
         builder = {"gt": exp.GT, "gte": exp.GTE, "lt": exp.LT, "lte": exp.LTE}[op]
         return builder(this=left, expression=right)
     left, right = _operand(column, column_type, value)

@@ -31,7 +31,9 @@ from engage.compile.expressions import (
     timestamp,
     union_all,
 )
+from engage.compile.portable import text_order
 from engage.identity import ProfileResolver
+from engage.warehouse.capabilities import Capabilities
 
 # The tables whose rows make someone a profile of the space, scanned even when no definition reads them.
 PROFILE_TABLES = ("tracks", "identifies", "pages", "screens")
@@ -41,7 +43,10 @@ PROFILES_CTE, AGGREGATES_CTE, ROW = "profiles", "profile_aggregates", "e"
 class SharedScan:
     """Collects the columns and aggregates definitions need, then builds one pass per table family."""
 
-    def __init__(self, catalog: Catalog, resolver: ProfileResolver, as_of: datetime) -> None:
+    def __init__(
+        self, catalog: Catalog, resolver: ProfileResolver, as_of: datetime, caps: Capabilities
+    ) -> None:
+        self.caps = caps
         self.catalog = catalog
         self.resolver = resolver
         self.as_of = as_of
@@ -91,9 +96,9 @@ class SharedScan:
             return column.eq(exp.Literal.string(tables[0]))
         return exp.In(this=column, expressions=[exp.Literal.string(t) for t in tables])
 
-    def order_key(self) -> exp.Tuple:
+    def order_key(self) -> list[exp.Expr]:
         """The order of rows for 'latest'/'first': timestamp, then received_at, then id (SPEC §1)."""
-        return exp.Tuple(expressions=[self.column(TS), self.column(RECEIVED_AT), self.column(ROW_ID)])
+        return [self.column(TS), self.column(RECEIVED_AT), text_order(self.caps, self.column(ROW_ID))]
 
     # -- building --------------------------------------------------------------------------------------
     def families(self) -> list[list[str]]:
@@ -250,6 +255,7 @@ def event_table_rows(
     catalog: Catalog,
     resolver: ProfileResolver,
     as_of: datetime,
+    caps: Capabilities,
     table_name: str,
     columns: list[str],
 ) -> exp.Query:
@@ -257,5 +263,5 @@ def event_table_rows(
     most_frequent). Columns are the same shape as a family pass's."""
     tables = catalog.tables_named(table_name)
     typed = [(c, catalog.column_type(tables, c)) for c in columns]
-    scan = SharedScan(catalog, resolver, as_of)
+    scan = SharedScan(catalog, resolver, as_of, caps)
     return union_all([scan.source_rows(t, typed, ordered=False) for t in tables])

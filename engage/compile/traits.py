@@ -13,13 +13,14 @@ from sqlglot import exp
 
 from engage.catalog import BIGINT, DOUBLE, VARCHAR
 from engage.compile.expressions import PROFILE, TS, conjunction, sql_type, union_all
+from engage.compile.portable import pick, sorted_set_json, text_order
 from engage.compile.scan import ROW
 from engage.definitions.models import TraitDefinition
 
 if TYPE_CHECKING:
     from engage.compile.compiler import Compiler
 
-JSON = "json"  # unique lists: arrays stored as JSON text (SPEC §5)
+JSON = "json"  # unique lists: JSON text of a sorted array of strings (SPEC §5)
 
 
 def trait_value(compiler: Compiler, trait: TraitDefinition) -> tuple[exp.Expr, str]:
@@ -60,18 +61,13 @@ def trait_value(compiler: Compiler, trait: TraitDefinition) -> tuple[exp.Expr, s
         return when_has(scan.aggregate(exp.func(trait.type.upper(), exp.case().when(match, number)))), DOUBLE
     if trait.type in ("first", "last"):
         known = exp.and_(match, prop.is_(exp.null()).not_())
-        pick = "ARG_MIN" if trait.type == "first" else "ARG_MAX"
-        return scan.aggregate(exp.func(pick, prop, exp.case().when(known, scan.order_key()))), prop_type
+        newest = trait.type == "last"
+        value = pick(compiler.caps, prop, scan.order_key(), known, newest, sql_type(prop_type))
+        return scan.aggregate(value), prop_type
     if trait.type == "unique_list":
         text = exp.cast(prop, exp.DataType.Type.VARCHAR)
-        values = exp.Filter(
-            this=exp.ArrayAgg(this=exp.Distinct(expressions=[text])),
-            expression=exp.Where(this=exp.and_(match, prop.is_(exp.null()).not_())),
-        )
-        listed = exp.func(
-            "COALESCE", scan.aggregate(exp.func("LIST_SORT", values)), exp.Array(expressions=[])
-        )
-        return when_has(listed), JSON
+        known = exp.and_(match, prop.is_(exp.null()).not_())
+        return when_has(scan.aggregate(sorted_set_json(compiler.caps, text, known))), JSON
     if trait.type == "unique_list_count":
         distinct = exp.Count(this=exp.Distinct(expressions=[exp.case().when(match, prop)]))
         return when_has(scan.aggregate(distinct)), BIGINT
@@ -119,18 +115,21 @@ def most_frequent(
         order=exp.Order(
             expressions=[
                 exp.Ordered(this=exp.column("n"), desc=True),
-                exp.Ordered(this=exp.cast(exp.column("value"), sql_type(VARCHAR)), desc=False),
+                exp.Ordered(
+                    this=text_order(compiler.caps, exp.cast(exp.column("value"), sql_type(VARCHAR))),
+                    desc=False,
+                ),
             ]
         ),
     )
-    ranked = exp.select(exp.column(PROFILE), exp.column("value"), exp.alias_(rank, "rank")).from_(
-        counts.subquery("counts")
-    )
-    name = compiler.add_cte(
-        "most_frequent",
-        exp.select(exp.column(PROFILE), exp.column("value"))
-        .from_(ranked.subquery("ranked"))
-        .where(exp.column("rank").eq(1)),
-    )
+    top = exp.select(exp.column(PROFILE), exp.column("value"))
+    if compiler.caps.qualify:
+        top = top.from_(counts.subquery("counts")).qualify(rank.eq(1))
+    else:
+        ranked = exp.select(exp.column(PROFILE), exp.column("value"), exp.alias_(rank, "rank")).from_(
+            counts.subquery("counts")
+        )
+        top = top.from_(ranked.subquery("ranked")).where(exp.column("rank").eq(1))
+    name = compiler.add_cte("most_frequent", top)
     compiler.join_profiles(name)
     return exp.column("value", name)

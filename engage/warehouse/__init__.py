@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from engage.warehouse.base import Capabilities, Warehouse
+from engage.warehouse.base import Warehouse
+from engage.warehouse.capabilities import Capabilities
 
 if TYPE_CHECKING:
     from engage.config import Space

@@ -9,19 +9,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from sqlglot import exp
 
 from engage.catalog import Catalog
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What the engine can do; the compiler and the diff pick their SQL from these flags."""
-
-    dialect: str  # the sqlglot dialect every statement is rendered in
+from engage.warehouse.capabilities import Capabilities
 
 
 class Warehouse(ABC):

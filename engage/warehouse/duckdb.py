@@ -14,7 +14,8 @@ from sqlglot import exp
 
 from engage.catalog import Catalog, Table, portable_type
 from engage.errors import TransientWarehouseError, WarehouseError
-from engage.warehouse.base import Capabilities, Warehouse
+from engage.warehouse.base import Warehouse
+from engage.warehouse.capabilities import DUCKDB
 
 log = logging.getLogger("engage.warehouse")
 
@@ -28,7 +29,7 @@ def _translate(err: duckdb.Error, sql: str) -> WarehouseError:
 
 
 class DuckDBWarehouse(Warehouse):
-    capabilities = Capabilities(dialect="duckdb")
+    capabilities = DUCKDB
 
     def __init__(
         self,

@@ -118,9 +118,14 @@ WITH "scan_identifies" AS (
     "e"."__profile",
     MAX("e"."user_id") AS "__user_id",
     COUNT_IF(TRUE) AS "a0",
-    LIST_SORT(
-      ARRAY_AGG(DISTINCT CAST("e"."category" AS TEXT)) FILTER(WHERE
-        NOT "e"."category" IS NULL)
+    COALESCE(
+      CAST(TO_JSON(
+        LIST_SORT(
+          ARRAY_AGG(DISTINCT CAST("e"."category" AS TEXT)) FILTER(WHERE
+            NOT "e"."category" IS NULL)
+        )
+      ) AS TEXT),
+      '[]'
     ) AS "a1",
     COUNT_IF("e"."__ts" > CAST('2024-02-23 12:00:00' AS TIMESTAMP)) AS "a7"
   FROM (
@@ -232,10 +237,7 @@ SELECT
   "profile_aggregates"."__profile",
   "profile_aggregates"."__user_id",
   "profile_aggregates"."__anonymous_id",
-  CASE
-    WHEN "profile_aggregates"."a0" > 0
-    THEN COALESCE("profile_aggregates"."a1", [])
-  END AS "categories",
+  CASE WHEN "profile_aggregates"."a0" > 0 THEN "profile_aggregates"."a1" END AS "categories",
   "profile_aggregates"."a3" AS "last_currency",
   CASE
     WHEN "profile_aggregates"."a2" > 0

@@ -1,0 +1,118 @@
+"""What each engine can do, as flags the compiler, the diff and the writers read.
+
+Engine differences live here and only here: no module outside an adapter asks which dialect it speaks.
+The flags are plain data (no driver import), so `engage compile --dialect snowflake` works on a machine
+without the Snowflake driver, and the fingerprint of a definition is computed with one fixed set of flags
+(`CANONICAL`) whatever engine the space runs on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from engage.errors import InputError
+
+# How a "latest/first value by (timestamp, received_at, id)" aggregate is written:
+#   arg_max        ARG_MAX(v, (ts, received_at, id))            tuple keys compare lexicographically
+#   max_by_struct  MAX_BY(v, STRUCT(ts, received_at, id))       struct keys compare lexicographically
+#   array_agg      (ARRAY_AGG(v ORDER BY ts, received_at, id))[first]   no ARG_MAX, no ordered keys
+Pick = Literal["arg_max", "max_by_struct", "array_agg"]
+# How a sorted array of distinct strings is aggregated:
+#   list_sort      LIST_SORT(ARRAY_AGG(DISTINCT x))
+#   ordered        ARRAY_AGG(DISTINCT x ORDER BY x)  (Snowflake: WITHIN GROUP; sqlglot renders it)
+#   array_sort     ARRAY_SORT(COLLECT_SET(x))
+SortedSet = Literal["list_sort", "ordered", "array_sort"]
+# How an array aggregate leaves out NULLs: a FILTER (WHERE …) clause, natively (the engine drops them),
+# or an IGNORE NULLS clause (BigQuery refuses arrays with a NULL element).
+ArrayNulls = Literal["filter", "dropped", "ignore_nulls"]
+# How engage writes the users table's latest values (SPEC §5): an UPDATE … FROM, a MERGE, or, where
+# neither exists (Spark without Delta), by rewriting the table from a staged copy.
+Upsert = Literal["update_from", "merge", "overwrite"]
+# Where a run's scratch tables live: TEMPORARY tables of the connection, or ordinary tables with a
+# run-unique prefix in the output schema, dropped when the run ends (engines without session temp tables).
+Scratch = Literal["temporary", "schema"]
+# How rows from Python reach a table: parameterized executemany, pandas/Arrow bulk writers, load jobs.
+BulkLoad = Literal["executemany", "write_pandas", "load_job", "dataframe"]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """One engine's flags. `dialect` is the sqlglot dialect every statement is rendered in."""
+
+    dialect: str
+    pick: Pick = "arg_max"
+    sorted_set: SortedSet = "list_sort"
+    array_nulls: ArrayNulls = "filter"
+    try_cast: bool = True  # TRY_CAST; else a numeric text test guards a plain CAST
+    json_function: str = "TO_JSON"  # array → JSON text
+    text_collation: str | None = None  # collation that orders text byte-wise, when the default may not
+    qualify: bool = True  # QUALIFY filters window results; else a subquery does
+    upsert: Upsert = "update_from"
+    transactions: bool = True  # several statements commit together
+    scratch: Scratch = "temporary"
+    identifiers: Literal["lower", "upper", "sensitive"] = "lower"  # how unquoted names are stored
+    bulk_load: BulkLoad = "executemany"
+
+
+DUCKDB = Capabilities(dialect="duckdb")
+POSTGRES = Capabilities(
+    dialect="postgres",
+    pick="array_agg",
+    sorted_set="ordered",
+    try_cast=False,
+    text_collation="C",
+    qualify=False,
+)
+REDSHIFT = Capabilities(
+    dialect="redshift",
+    pick="array_agg",
+    sorted_set="ordered",
+    try_cast=False,
+    upsert="merge",
+)
+SNOWFLAKE = Capabilities(
+    dialect="snowflake",
+    pick="array_agg",
+    sorted_set="ordered",
+    array_nulls="dropped",
+    identifiers="upper",
+    upsert="merge",
+    bulk_load="write_pandas",
+)
+BIGQUERY = Capabilities(
+    dialect="bigquery",
+    pick="array_agg",
+    sorted_set="ordered",
+    array_nulls="ignore_nulls",
+    json_function="TO_JSON_STRING",
+    upsert="merge",
+    transactions=False,
+    scratch="schema",
+    identifiers="sensitive",
+    bulk_load="load_job",
+)
+DATABRICKS = Capabilities(
+    dialect="databricks",
+    pick="max_by_struct",
+    sorted_set="array_sort",
+    array_nulls="dropped",
+    upsert="overwrite",
+    transactions=False,
+    bulk_load="dataframe",
+)
+
+BY_DIALECT: dict[str, Capabilities] = {
+    c.dialect: c for c in (DUCKDB, POSTGRES, REDSHIFT, SNOWFLAKE, BIGQUERY, DATABRICKS)
+}
+BY_DIALECT["spark"] = DATABRICKS
+# Fingerprints hash SQL compiled with these flags, so they do not depend on the space's engine.
+CANONICAL = DUCKDB
+
+
+def capabilities_for(dialect: str) -> Capabilities:
+    try:
+        return BY_DIALECT[dialect]
+    except KeyError:
+        known = ", ".join(sorted(BY_DIALECT))
+        raise InputError(f"unknown dialect '{dialect}' (known: {known})") from None
