@@ -34,7 +34,8 @@ def portable_type(warehouse_type: str) -> str:
     name = warehouse_type.upper()
     if name.startswith("BOOL"):
         return BOOLEAN
-    if name in ("TINYINT", "SMALLINT", "INTEGER", "INT", "BIGINT", "HUGEINT", "UBIGINT", "UINTEGER", "INT64"):
+    integers = ("TINYINT", "SMALLINT", "INTEGER", "INT", "BIGINT", "HUGEINT", "UBIGINT", "UINTEGER")
+    if name in (*integers, "INT2", "INT4", "INT8", "INT64"):
         return BIGINT
     if name.startswith(("DOUBLE", "FLOAT", "REAL", "DECIMAL", "NUMERIC")):
         return DOUBLE

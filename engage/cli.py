@@ -73,7 +73,7 @@ def main(ctx: click.Context, project: Path | None, verbose: bool) -> None:
     one and sends only the changes, as identify/track calls and engage_<space> tables.
     """
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     logging.getLogger("engage").setLevel(logging.DEBUG if verbose else logging.INFO)
     ctx.obj = {"project": project}

@@ -12,7 +12,16 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SecretStr,
+    Tag,
+    ValidationError,
+    field_validator,
+)
 
 from engage.errors import ConfigError, Location, raise_all
 from engage.naming import snakecase
@@ -37,7 +46,25 @@ class DuckDBWarehouseConfig(_Model):
     memory_limit: str | None = None
 
 
-WarehouseConfig = Annotated[DuckDBWarehouseConfig, Field(discriminator="type")]
+class PostgresWarehouseConfig(_Model):
+    """PostgreSQL, or Redshift (which speaks its protocol), through SQLAlchemy and psycopg
+    (`pip install 'engage[postgres]'`). Put the password in `${AN_ENV_VAR}`."""
+
+    type: Literal["postgres", "redshift"]
+    host: str
+    port: int | None = Field(default=None, gt=0, lt=65536)  # 5432; Redshift 5439
+    database: str
+    user: str
+    password: SecretStr | None = None
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    connect_timeout: int = Field(default=10, gt=0)  # seconds
+
+    @property
+    def default_port(self) -> int:
+        return 5439 if self.type == "redshift" else 5432
+
+
+WarehouseConfig = Annotated[DuckDBWarehouseConfig | PostgresWarehouseConfig, Field(discriminator="type")]
 
 
 class IdentityConfig(_Model):

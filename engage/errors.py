@@ -82,7 +82,13 @@ class RunError(EngageError):
 
 
 class WarehouseError(RunError):
-    """The warehouse refused a statement or could not be reached."""
+    """The warehouse refused a statement or could not be reached. A connection failure names the
+    setting to fix (`config/engage.yaml:7: warehouse.password: …`), never a secret's value."""
+
+    def __init__(self, message: str, location: Location | None = None) -> None:
+        self.message = message
+        self.location = location
+        super().__init__(f"{location}: {message}" if location else message)
 
 
 class TransientWarehouseError(WarehouseError):

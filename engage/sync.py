@@ -165,7 +165,7 @@ def _database_exists(space: Space) -> bool:
 def _require_database(space: Space) -> None:
     """An embedded warehouse file that does not exist holds no sources: say so, and create nothing."""
     config = space.config.warehouse
-    if not _database_exists(space):
+    if config.type == "duckdb" and not _database_exists(space):
         raise ConfigError(
             f"warehouse file {config.path} does not exist; run `engage demo` to create sample data",
             space.locate("warehouse", "path"),

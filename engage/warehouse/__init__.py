@@ -25,4 +25,8 @@ def open_warehouse(space: Space, *, read_only: bool = False) -> Warehouse:
             threads=config.threads,
             memory_limit=config.memory_limit,
         )
+    if config.type in ("postgres", "redshift"):
+        from engage.warehouse.postgres import PostgresWarehouse
+
+        return PostgresWarehouse(config, space.locate)
     raise AssertionError(f"unhandled warehouse type {config.type}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import Any
 
 from sqlglot import exp
 
@@ -20,7 +20,7 @@ from engage.warehouse.capabilities import Capabilities
 class Warehouse(ABC):
     """One connection to one engine. Statements are sqlglot expressions, rendered here and only here."""
 
-    capabilities: ClassVar[Capabilities]
+    capabilities: Capabilities
 
     @property
     @abstractmethod

@@ -1,0 +1,207 @@
+"""Engines for the differential tests: each lands the same dataset and runs engage on it for real.
+
+An `Engine` knows its config block and how to land source tables; `run_project` writes a project that
+syncs the repository's example definitions (every condition kind and trait type of SPEC §2) on it, and
+`Outcome` holds what the runs produced, normalized so engines can be compared value by value.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import duckdb
+import pytest
+from sqlglot import exp
+
+from engage.config import load_project
+from engage.demo import generate_demo
+from engage.sync import run_space
+from engage.warehouse import open_warehouse
+from engage_connectors.memory import MemoryConnector
+from tests.engines.dataset import SourceTable, read_sources
+from tests.engines.postgres import PostgresServer, load_sources, running_postgres
+
+REPO = Path(__file__).resolve().parents[2]
+SOURCES = ("website", "ios")
+DATA_END = datetime(2026, 6, 1)
+# Two runs: the first at an earlier as-of (members enter), the second later (windows slide: exits,
+# changed values, new members), so every transition kind is compared.
+AS_OFS = (datetime(2026, 5, 20, 12), DATA_END)
+# Columns whose values are the time of loading, not a function of the data.
+LOAD_TIME_COLUMNS = {"received_at", "uuid_ts", "sent_at"}
+
+
+class Engine(Protocol):
+    name: str
+
+    def warehouse_yaml(self) -> str:
+        """The `warehouse:` block of the space, as a YAML flow mapping."""
+        ...
+
+    def land(self, tables: Sequence[SourceTable]) -> None: ...
+
+
+@dataclass
+class DuckDBEngine:
+    path: Path
+    name: str = "duckdb"
+
+    def warehouse_yaml(self) -> str:
+        return f"{{type: duckdb, path: {self.path}}}"
+
+    def land(self, tables: Sequence[SourceTable]) -> None:
+        _types = {"varchar": "VARCHAR", "bigint": "BIGINT", "double": "DOUBLE", "boolean": "BOOLEAN"}
+        with duckdb.connect(str(self.path)) as connection:
+            for table in tables:
+                connection.execute(f'CREATE SCHEMA IF NOT EXISTS "{table.schema}"')
+                columns = ", ".join(f'"{c}" {_types.get(t, "TIMESTAMP")}' for c, t in table.columns)
+                connection.execute(f'CREATE TABLE "{table.schema}"."{table.name}" ({columns})')
+                marks = ", ".join("?" for _ in table.columns)
+                connection.executemany(
+                    f'INSERT INTO "{table.schema}"."{table.name}" VALUES ({marks})', table.rows
+                )
+
+
+@dataclass
+class PostgresEngine:
+    server: PostgresServer
+    database: str
+    name: str = "postgres"
+
+    def warehouse_yaml(self) -> str:
+        s = self.server
+        return (
+            f"{{type: postgres, host: {s.host}, port: {s.port}, database: {self.database},"
+            f" user: {s.user}, password: '${{ENGAGE_TEST_PG_PASSWORD}}'}}"
+        )
+
+    def land(self, tables: Sequence[SourceTable]) -> None:
+        load_sources(self.server, self.database, tables)
+
+
+def _normal(value: Any) -> Any:
+    """A value as engines agree on it: floats to 9 significant digits, times as ISO text."""
+    if isinstance(value, float):
+        return float(f"{value:.9g}") if math.isfinite(value) else value
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _normal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normal(v) for v in value]
+    return value
+
+
+@dataclass
+class Outcome:
+    """What a space's runs produced on one engine."""
+
+    messages: list[dict[str, Any]] = field(default_factory=list)  # every call, sentAt removed
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # engage_<space> rows
+    summaries: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _read_outputs(project_root: Path) -> dict[str, list[dict[str, Any]]]:
+    project = load_project(project_root)
+    space = project.space("default")
+    warehouse = open_warehouse(space, read_only=True)
+    try:
+        catalog = warehouse.describe([space.output_schema])
+        sql_traits = {"web_order_stats"}
+        tables: dict[str, list[dict[str, Any]]] = {}
+        for (_, name), table in sorted(catalog.tables.items()):
+            if name == "_engage_runs":  # run ids and times differ by nature
+                continue
+            columns = sorted(c for c in table.columns if c not in LOAD_TIME_COLUMNS | {"updated_at"})
+            query = exp.select(*columns).from_(exp.table_(name, db=space.output_schema))
+            rows = [
+                {c.lower(): _normal(v) for c, v in zip(names, row, strict=True)}
+                for names, batch in warehouse.fetch_batches(query, 10_000)
+                for row in batch
+            ]
+            key = ("definition_key", "trait_key", "profile_id") if name == "_engage_state" else ("id",)
+            for row in rows:
+                if row.get("value_num") is not None:  # a number's text is the engine's spelling of it
+                    row["value_text"] = _normal(float(row["value_text"]))
+                if row.get("definition_key") in sql_traits:  # hashes SQL written in the engine's dialect
+                    row.pop("fingerprint")
+            tables[name] = sorted(rows, key=lambda r: tuple(str(r.get(k)) for k in key))
+        return tables
+    finally:
+        warehouse.close()
+
+
+def run_project(root: Path, engine: Engine, tables: Sequence[SourceTable]) -> Outcome:
+    """Lands `tables` on `engine`, writes a project syncing the example definitions there, runs it at
+    each of `AS_OFS`, and returns the normalized outputs."""
+    (root / "config").mkdir(parents=True)
+    shutil.copytree(REPO / "audiences" / "default", root / "audiences")
+    (root / "config" / "engage.yaml").write_text(
+        "spaces:\n"
+        "  default:\n"
+        f"    warehouse: {engine.warehouse_yaml()}\n"
+        f"    sources: [{', '.join(SOURCES)}]\n"
+        "    definitions: audiences\n"
+        "    destinations:\n"
+        "      warehouse: {type: warehouse, send: [identify, track]}\n"
+        "      mem: {type: memory, send: [identify, track]}\n"
+    )
+    engine.land(tables)
+    MemoryConnector.sent.clear()
+    outcome = Outcome()
+    for as_of in AS_OFS:
+        summary = run_space(load_project(root), "default", as_of=as_of)
+        outcome.summaries.append(
+            {d.key: (d.entered, d.exited, d.changed, d.size) for d in summary.definitions}
+        )
+    for message in MemoryConnector.sent.pop("mem", []):
+        message = dict(message)
+        message.pop("sentAt")
+        outcome.messages.append(_normal(message))
+    outcome.messages.sort(key=lambda m: (m["messageId"], m["type"]))
+    outcome.tables = _read_outputs(root)
+    return outcome
+
+
+@pytest.fixture(scope="session")
+def demo_tables(tmp_path_factory: pytest.TempPathFactory) -> list[SourceTable]:
+    """The sample dataset, small: every example definition has members and values in it."""
+    path = tmp_path_factory.mktemp("demo") / "demo.duckdb"
+    with duckdb.connect(str(path)) as connection:
+        generate_demo(connection, profiles=250, events=2_500, end=DATA_END, days=60, sources=SOURCES)
+    return read_sources(path, SOURCES)
+
+
+@pytest.fixture(scope="session")
+def duckdb_outcome(tmp_path_factory: pytest.TempPathFactory, demo_tables: list[SourceTable]) -> Outcome:
+    root = tmp_path_factory.mktemp("duckdb-project")
+    return run_project(root, DuckDBEngine(root / "warehouse.duckdb"), demo_tables)
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    with running_postgres(tmp_path_factory.mktemp("pg")) as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_database(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[PostgresServer, str]]:
+    """A fresh database on the session's server; its password reaches engage through the environment."""
+    monkeypatch.setenv("ENGAGE_TEST_PG_PASSWORD", postgres_server.password)
+    name = postgres_server.create_database()
+    yield postgres_server, name
+    postgres_server.drop_database(name)
+
+
+def dump(outcome: Outcome) -> str:
+    """For assertion messages: a short, readable diff anchor."""
+    return json.dumps(outcome.summaries, indent=1)[:2000]
