@@ -28,7 +28,15 @@ from engage.connector import Connector, Delivery, load_connector
 from engage.console import Console, NoopConsole
 from engage.definitions.loader import LoadedDefinition, load_definitions
 from engage.definitions.references import reference_errors
-from engage.errors import ConfigError, DataError, EngageError, InputError, RunError, raise_all
+from engage.errors import (
+    ConfigError,
+    DataError,
+    EngageError,
+    InputError,
+    RunError,
+    WarehouseError,
+    raise_all,
+)
 from engage.freshness import Inputs, observe, unchanged
 from engage.identity import resolver_for
 from engage.messages import MessageContext, WarehouseRows
@@ -134,7 +142,7 @@ def prepare(project: Project, space_name: str, *, read_only: bool = False) -> It
         catalog = warehouse.describe(space.config.sources)
         missing = [s for s in space.config.sources if not catalog.source_exists(s)]
         if missing:
-            raise ConfigError(
+            raise WarehouseError(
                 f"source schema {', '.join(missing)} not found in the warehouse ({warehouse.location});"
                 " run `engage demo` for sample data",
                 space.locate("sources"),

@@ -624,13 +624,6 @@ UNKNOWN_DESTINATION_TYPE = _config("warehouse: {type: duckdb, send", "warehouse:
 CONFIG_CASES = [
     pytest.param(BASE, "nope", (CONFIG_FILE, 1, "spaces"), ("nope",), id="unknown_space"),
     pytest.param(
-        _config("sources: [website]", "sources: [website, mobile]"),
-        "default",
-        (CONFIG_FILE, 4, "spaces.default.sources"),
-        ("mobile",),
-        id="source_schema_missing_from_the_warehouse",
-    ),
-    pytest.param(
         _schedule('"61 * * * *"'),
         "default",
         (CONFIG_FILE, 6, "spaces.default.schedule"),
@@ -690,6 +683,19 @@ def test_bad_config_exits_2_naming_config_line_and_writes_nothing(
         result = workspace.cli(*args)
         _assert_rejected(workspace, result, Bad({}, (where,), says), command)
         assert SECRET not in result.output, f"a secret value never appears in an error:\n{result.output}"
+    _assert_nothing_written(workspace)
+
+
+def test_a_source_schema_missing_from_the_warehouse_exits_1_naming_the_setting(workspace: Workspace) -> None:
+    """The file is valid; the warehouse lacks what it names: a run-time failure (exit 1), located."""
+    _seed(workspace)
+    workspace.define("kind: audience\nname: Buyers\ncondition: {performed: Order Completed}\n")
+    workspace.write_config(_config("sources: [website]", "sources: [website, mobile]"))
+    for command in ("sync", "validate"):
+        result = workspace.cli(*COMMANDS[command])
+        assert result.exit_code == 1, result.output
+        assert _located(result.output, (CONFIG_FILE, 4, "spaces.default.sources")), result.output
+        assert "mobile" in result.output and "Traceback" not in result.output
     _assert_nothing_written(workspace)
 
 

@@ -7,6 +7,7 @@ transaction. Large results stream through a server-side cursor, so only a batch 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -48,7 +49,7 @@ class PostgresWarehouse(Warehouse):
     # -- connecting ---------------------------------------------------------------------------------
     def _connect(self) -> psycopg.Connection[Any]:
         sqlalchemy = require("sqlalchemy", "postgres")
-        require("psycopg", "postgres")
+        psycopg = require("psycopg", "postgres")
         config = self.config
         url = sqlalchemy.engine.URL.create(
             "postgresql+psycopg",
@@ -66,8 +67,10 @@ class PostgresWarehouse(Warehouse):
         )
         try:
             raw = engine.raw_connection()
-        except sqlalchemy.exc.DBAPIError as err:
+        except sqlalchemy.exc.DBAPIError as err:  # how SQLAlchemy wraps a driver error, when it does
             raise self._connection_error(err.orig or err) from None
+        except psycopg.Error as err:
+            raise self._connection_error(err) from None
         self._pooled = raw  # the DBAPI connection closes when SQLAlchemy's proxy is collected
         connection: psycopg.Connection[Any] = raw.driver_connection
         connection.autocommit = True
@@ -86,7 +89,8 @@ class PostgresWarehouse(Warehouse):
             return WarehouseError(
                 "the server asks for a password and none is configured", self._at("password")
             )
-        if state == "3D000":
+        # A failed connect carries the server's FATAL text, not always its SQLSTATE.
+        if state == "3D000" or re.search(r'database ".*" does not exist', message):
             return WarehouseError(f"database {self.config.database!r} does not exist", self._at("database"))
         if state == "28000":
             return WarehouseError(

@@ -1,0 +1,116 @@
+"""PostgreSQL for real: the compiled SQL runs, syncs are idempotent, and connection failures are one
+clear line naming the setting (never the secret), exit 1, with the state untouched."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from engage.cli import main
+from tests.engines.conftest import AS_OFS, PostgresEngine, run_project
+from tests.engines.dataset import SourceTable
+from tests.engines.postgres import PostgresServer, free_port
+
+pytestmark = pytest.mark.postgres
+
+
+def _cli(root: Path, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["--project", str(root), *args], catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def _state(server: PostgresServer, database: str) -> list[tuple[object, ...]]:
+    with server.connect(database) as connection:
+        state = connection.execute(
+            "SELECT definition_key, trait_key, profile_id, value_text, generation"
+            " FROM engage_default._engage_state ORDER BY 1, 2, 3"
+        ).fetchall()
+        runs = connection.execute(
+            "SELECT run_id, status FROM engage_default._engage_runs ORDER BY 1"
+        ).fetchall()
+    return [*state, *runs]
+
+
+@pytest.fixture
+def synced(
+    tmp_path: Path, demo_tables: list[SourceTable], postgres_database: tuple[PostgresServer, str]
+) -> tuple[Path, PostgresServer, str]:
+    """A project on a PostgreSQL database with the sample data, synced twice."""
+    server, database = postgres_database
+    run_project(tmp_path / "project", PostgresEngine(server, database), demo_tables)
+    return tmp_path / "project", server, database
+
+
+def test_a_sync_with_no_new_data_sends_nothing(synced: tuple[Path, PostgresServer, str]) -> None:
+    root, server, database = synced
+    before = _state(server, database)
+    code, output = _cli(root, "sync", "--space", "default", "--as-of", AS_OFS[-1].isoformat(), "--json")
+    assert code == 0, output
+    assert '"entered": 0' in output and '"exited": 0' in output and '"changed": 0' in output
+    after = _state(server, database)
+    assert [r for r in after if len(r) == 5] == [r for r in before if len(r) == 5]
+
+
+def test_compiled_postgres_sql_runs_on_postgres(synced: tuple[Path, PostgresServer, str]) -> None:
+    """`engage compile --dialect postgres` prints statements a user can run as they are."""
+    root, server, database = synced
+    code, output = _cli(root, "compile", "--space", "default", "--dialect", "postgres")
+    assert code == 0, output
+    statements = re.split(r"^-- (.*)$", output, flags=re.MULTILINE)[1:]
+    titled = list(zip(statements[::2], statements[1::2], strict=True))
+    assert titled[-1][0] == "current values" and len(titled) >= 2
+    with server.connect(database) as connection:
+        for title, sql in titled[:-1]:  # SQL traits materialize first, under the names the query reads
+            table = title.rsplit("→ ", 1)[1].strip()
+            connection.execute(f'CREATE TEMPORARY TABLE "{table}" AS {sql.strip().rstrip(";")}')
+        rows = connection.execute(titled[-1][1].strip().rstrip(";")).fetchall()
+    assert len(rows) > 100  # one row per profile of the sample data
+
+
+SECRET = "wrong-password-never-shown"
+
+
+def _break(root: Path, old: str, new: str) -> None:
+    config = root / "config" / "engage.yaml"
+    text = config.read_text()
+    assert old in text
+    config.write_text(text.replace(old, new, 1))
+
+
+@pytest.mark.parametrize(
+    ("broken", "field", "says"),
+    [
+        pytest.param((", password: '${ENGAGE_TEST_PG_PASSWORD}'", ""), "password", ("none is configured",), id="missing_credentials"),
+        pytest.param(("port: {port}", "port: {closed}"), "host", ("cannot reach",), id="unreachable_host"),
+        pytest.param(("${ENGAGE_TEST_PG_PASSWORD}", SECRET), "password", ("authentication failed",), id="wrong_password"),
+        pytest.param(("database: {database}", "database: no_such_db"), "database", ("no_such_db", "does not exist"), id="missing_database"),
+        pytest.param(("sources: [website, ios]", "sources: [website, nowhere]"), "sources", ("nowhere", "not found"), id="missing_schema"),
+    ],
+)  # fmt: skip
+def test_connection_failures_are_one_line_naming_the_setting(
+    synced: tuple[Path, PostgresServer, str], broken: tuple[str, str], field: str, says: Sequence[str]
+) -> None:
+    root, server, database = synced
+    before = _state(server, database)
+    values = {"{port}": server.port, "{closed}": free_port(), "{database}": database}
+
+    def filled(text: str) -> str:
+        for name, value in values.items():
+            text = text.replace(name, str(value))
+        return text
+
+    _break(root, filled(broken[0]), filled(broken[1]))
+    code, output = _cli(root, "sync", "--space", "default")
+    assert code == 1, output
+    lines = output.strip().splitlines()
+    assert len(lines) == 1, output
+    assert re.match(rf"error: config/engage.yaml:\d+: spaces\.default\.(warehouse\.)?{field}: ", lines[0]), (
+        output
+    )
+    assert all(text in lines[0] for text in says), output
+    assert SECRET not in output and server.password not in output
+    assert _state(server, database) == before
