@@ -49,7 +49,7 @@ class PostgresWarehouse(Warehouse):
     # -- connecting ---------------------------------------------------------------------------------
     def _connect(self) -> psycopg.Connection[Any]:
         sqlalchemy = require("sqlalchemy", "postgres")
-        psycopg = require("psycopg", "postgres")
+        driver = require("psycopg", "postgres")
         config = self.config
         url = sqlalchemy.engine.URL.create(
             "postgresql+psycopg",
@@ -69,7 +69,7 @@ class PostgresWarehouse(Warehouse):
             raw = engine.raw_connection()
         except sqlalchemy.exc.DBAPIError as err:  # how SQLAlchemy wraps a driver error, when it does
             raise self._connection_error(err.orig or err) from None
-        except psycopg.Error as err:
+        except driver.Error as err:
             raise self._connection_error(err) from None
         self._pooled = raw  # the DBAPI connection closes when SQLAlchemy's proxy is collected
         connection: psycopg.Connection[Any] = raw.driver_connection
