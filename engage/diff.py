@@ -112,8 +112,10 @@ def _same(current: str, previous: str) -> exp.Expr:
         <= exp.Literal.number(FLOAT_TOLERANCE)
         * exp.func("GREATEST", exp.Abs(this=new_num), exp.Abs(this=old_num)),
     )
-    equal_text = exp.NullSafeEQ(
-        this=exp.column("value_text", current), expression=exp.column("value_text", previous)
+    new_text, old_text = exp.column("value_text", current), exp.column("value_text", previous)
+    # Spelled out rather than IS NOT DISTINCT FROM, which Redshift lacks.
+    equal_text = exp.or_(
+        new_text.eq(old_text), exp.and_(new_text.is_(exp.null()), old_text.copy().is_(exp.null()))
     )
     return exp.or_(equal_text, exp.paren(close))
 

@@ -20,15 +20,20 @@ from engage.catalog import BOOLEAN, Catalog, Table
 from engage.compile.conditions import condition
 from engage.compile.expressions import (
     ANONYMOUS_ID,
+    EVENT,
     PROFILE,
+    RECEIVED_AT,
+    ROW_ID,
+    TS,
     USER_ID,
     compare,
     false_if_null,
     sql_type,
     timestamp,
+    union_all,
 )
 from engage.compile.portable import pick
-from engage.compile.scan import AGGREGATES_CTE, SharedScan, event_table_rows
+from engage.compile.scan import AGGREGATES_CTE, ROW, SharedScan, event_table_rows
 from engage.compile.traits import trait_value
 from engage.definitions.loader import LoadedDefinition, sql_trait_columns, sql_trait_identifier
 from engage.definitions.models import (
@@ -42,6 +47,8 @@ from engage.identity import ProfileResolver
 from engage.warehouse.capabilities import CANONICAL, Capabilities
 
 Kind = Literal["audience", "trait", "sql_trait"]
+# Columns every row of an own-pass query carries already.
+_SHARED = {PROFILE, "user_id", TS, EVENT, RECEIVED_AT, ROW_ID}
 # Fingerprints compile each definition alone at this as-of, so they do not change with the run's time.
 FINGERPRINT_AS_OF = datetime(2000, 1, 1)
 
@@ -163,10 +170,47 @@ class Compiler:
         )
         self._joins.append((cte, condition_))
 
-    def event_rows(self, table: str, columns: list[str]) -> exp.Query:
+    def event_rows(self, table: str, columns: list[str], ordered: bool = False) -> exp.Query:
         """The visible rows of one event table, for a query with its own pass (funnels, most_frequent)."""
         self._own_queries.add(table)
-        return event_table_rows(self.catalog, self.resolver, self.as_of, self.caps, table, columns)
+        return event_table_rows(self.catalog, self.resolver, self.as_of, self.caps, table, columns, ordered)
+
+    def latest(
+        self, tables: Sequence[str], value: str, keep: exp.Expr, newest: bool, value_type: str
+    ) -> exp.Expr:
+        """Column `value` of each profile's newest (else oldest) row of `tables` where `keep` holds: an
+        aggregate of the shared pass, or, on engines with neither ARG_MAX nor ordered arrays, a ranked
+        query of its own. `keep` reads the row as `scan.column` does."""
+        scan = self.scan
+        if self.caps.pick != "window":
+            order = scan.order_key()
+            return scan.aggregate(
+                pick(self.caps, scan.column(value), order, keep, newest, sql_type(value_type))
+            )
+        needed = sorted({value, *(c.name for c in keep.find_all(exp.Column) if c.table == ROW)} - _SHARED)
+        rows = union_all([self.event_rows(t, needed, ordered=True) for t in tables])
+        rank = exp.Window(
+            this=exp.RowNumber(),
+            partition_by=[exp.column(PROFILE, ROW)],
+            order=exp.Order(
+                expressions=[
+                    exp.Ordered(this=c, desc=newest, nulls_first=not newest) for c in scan.order_key()
+                ]
+            ),
+        )
+        ranked = (
+            exp.select(
+                exp.column(PROFILE, ROW), exp.alias_(scan.column(value), "value"), exp.alias_(rank, "rank")
+            )
+            .from_(rows.subquery(ROW))
+            .where(keep)
+        )
+        name = self.add_cte(
+            "latest",
+            exp.select(PROFILE, "value").from_(ranked.subquery("ranked")).where(exp.column("rank").eq(1)),
+        )
+        self.join_profiles(name)
+        return exp.column("value", name)
 
     @property
     def tables(self) -> list[str]:
@@ -242,8 +286,7 @@ class Compiler:
         value = scan.column(key)
         known = exp.and_(scan.event_is("identifies"), value.is_(exp.null()).not_())
         value_type = scan.type_of(key)
-        latest = pick(self.caps, value, scan.order_key(), known, newest=True, value_type=sql_type(value_type))
-        return scan.aggregate(latest), value_type
+        return self.latest(["identifies"], key, known, True, value_type), value_type
 
     def sql_trait(self, loaded: LoadedDefinition) -> SqlTraitQuery:
         if loaded.key not in self._sql_traits:

@@ -58,6 +58,7 @@ def pick(
     if caps.pick == "arg_max":
         key = exp.case().when(keep, exp.Tuple(expressions=list(order)))
         return exp.func("ARG_MAX" if newest else "ARG_MIN", value, key)
+    assert caps.pick != "window", "a window pick is a query of its own (Compiler.latest)"
     if caps.pick == "max_by_struct":
         key = exp.case().when(keep, exp.Struct(expressions=list(order)))
         return exp.func("ARG_MAX" if newest else "ARG_MIN", value, key)
@@ -71,6 +72,34 @@ def pick(
     return exp.cast(first, value_type)  # some engines' arrays hold variants
 
 
+def _listagg_json(caps: Capabilities, text: exp.Expr, keep: exp.Expr) -> exp.Expr:
+    """JSON text built from strings, for engines without arrays: each value quoted and escaped."""
+    escaped = exp.Replace(
+        this=exp.Replace(
+            this=text_order(caps, text),
+            expression=exp.Literal.string("\\"),
+            replacement=exp.Literal.string("\\\\"),
+        ),
+        expression=exp.Literal.string('"'),
+        replacement=exp.Literal.string('\\"'),
+    )
+    quoted = exp.case().when(
+        keep,
+        exp.DPipe(
+            this=exp.DPipe(this=exp.Literal.string('"'), expression=escaped),
+            expression=exp.Literal.string('"'),
+        ),
+    )
+    listed = exp.WithinGroup(
+        this=exp.GroupConcat(this=exp.Distinct(expressions=[quoted]), separator=exp.Literal.string(",")),
+        expression=exp.Order(expressions=[exp.Ordered(this=quoted.copy())]),
+    )
+    inner = exp.func("COALESCE", listed, exp.Literal.string(""))
+    return exp.DPipe(
+        this=exp.DPipe(this=exp.Literal.string("["), expression=inner), expression=exp.Literal.string("]")
+    )
+
+
 def sorted_set_json(caps: Capabilities, text: exp.Expr, keep: exp.Expr) -> exp.Expr:
     """JSON text of the sorted distinct non-null values of `text` over the rows where `keep` holds;
     `[]` when there are none."""
@@ -80,6 +109,8 @@ def sorted_set_json(caps: Capabilities, text: exp.Expr, keep: exp.Expr) -> exp.E
             this=exp.ArrayAgg(this=exp.Distinct(expressions=[text])), expression=exp.Where(this=keep)
         )
         listed = exp.func("LIST_SORT", distinct)
+    elif caps.sorted_set == "listagg":
+        return _listagg_json(caps, text, keep)
     elif caps.sorted_set == "array_sort":
         listed = exp.SortArray(this=exp.ArrayUniqueAgg(this=exp.case().when(keep, text)))
     else:

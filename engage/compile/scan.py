@@ -258,10 +258,11 @@ def event_table_rows(
     caps: Capabilities,
     table_name: str,
     columns: list[str],
+    ordered: bool = False,
 ) -> exp.Query:
     """The visible rows of one event table across sources, for queries with their own pass (funnels,
-    most_frequent). Columns are the same shape as a family pass's."""
+    most_frequent, window picks). Columns are the same shape as a family pass's."""
     tables = catalog.tables_named(table_name)
     typed = [(c, catalog.column_type(tables, c)) for c in columns]
     scan = SharedScan(catalog, resolver, as_of, caps)
-    return union_all([scan.source_rows(t, typed, ordered=False) for t in tables])
+    return union_all([scan.source_rows(t, typed, ordered=ordered) for t in tables])

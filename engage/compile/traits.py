@@ -13,7 +13,7 @@ from sqlglot import exp
 
 from engage.catalog import BIGINT, DOUBLE, VARCHAR
 from engage.compile.expressions import PROFILE, TS, conjunction, sql_type, union_all
-from engage.compile.portable import pick, sorted_set_json, text_order
+from engage.compile.portable import sorted_set_json, text_order
 from engage.compile.scan import ROW
 from engage.definitions.models import TraitDefinition
 
@@ -61,9 +61,7 @@ def trait_value(compiler: Compiler, trait: TraitDefinition) -> tuple[exp.Expr, s
         return when_has(scan.aggregate(exp.func(trait.type.upper(), exp.case().when(match, number)))), DOUBLE
     if trait.type in ("first", "last"):
         known = exp.and_(match, prop.is_(exp.null()).not_())
-        newest = trait.type == "last"
-        value = pick(compiler.caps, prop, scan.order_key(), known, newest, sql_type(prop_type))
-        return scan.aggregate(value), prop_type
+        return compiler.latest(tables, prop_column, known, trait.type == "last", prop_type), prop_type
     if trait.type == "unique_list":
         text = exp.cast(prop, exp.DataType.Type.VARCHAR)
         known = exp.and_(match, prop.is_(exp.null()).not_())

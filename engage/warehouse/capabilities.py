@@ -17,12 +17,15 @@ from engage.errors import InputError
 #   arg_max        ARG_MAX(v, (ts, received_at, id))            tuple keys compare lexicographically
 #   max_by_struct  MAX_BY(v, STRUCT(ts, received_at, id))       struct keys compare lexicographically
 #   array_agg      (ARRAY_AGG(v ORDER BY ts, received_at, id))[first]   no ARG_MAX, no ordered keys
-Pick = Literal["arg_max", "max_by_struct", "array_agg"]
+#   window         ROW_NUMBER() OVER (PARTITION BY profile ORDER BY …) = 1 in a query of its own
+#                  (no arrays either: Redshift); the one case that costs an extra scan
+Pick = Literal["arg_max", "max_by_struct", "array_agg", "window"]
 # How a sorted array of distinct strings is aggregated:
 #   list_sort      LIST_SORT(ARRAY_AGG(DISTINCT x))
 #   ordered        ARRAY_AGG(DISTINCT x ORDER BY x)  (Snowflake: WITHIN GROUP; sqlglot renders it)
 #   array_sort     ARRAY_SORT(COLLECT_SET(x))
-SortedSet = Literal["list_sort", "ordered", "array_sort"]
+#   listagg        '[' || LISTAGG(DISTINCT quoted x, ',') WITHIN GROUP (ORDER BY …) || ']' (no arrays)
+SortedSet = Literal["list_sort", "ordered", "array_sort", "listagg"]
 # How an array aggregate leaves out NULLs: a FILTER (WHERE …) clause, natively (the engine drops them),
 # or an IGNORE NULLS clause (BigQuery refuses arrays with a NULL element).
 ArrayNulls = Literal["filter", "dropped", "ignore_nulls"]
@@ -66,8 +69,8 @@ POSTGRES = Capabilities(
 )
 REDSHIFT = Capabilities(
     dialect="redshift",
-    pick="array_agg",
-    sorted_set="ordered",
+    pick="window",
+    sorted_set="listagg",
     try_cast=False,
     upsert="merge",
 )

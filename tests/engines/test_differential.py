@@ -7,12 +7,15 @@ type of SPEC §2) at two as-of times. Members and trait values (the state), ever
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.engines.conftest import Outcome, PostgresEngine, run_project
+from engage.warehouse.capabilities import DUCKDB
+from engage.warehouse.duckdb import DuckDBWarehouse
+from tests.engines.conftest import DuckDBEngine, Outcome, PostgresEngine, run_project
 from tests.engines.dataset import SourceTable
 from tests.engines.postgres import PostgresServer
 
@@ -56,3 +59,15 @@ def test_postgres_equals_duckdb(
     server, database = postgres_database
     outcome = run_project(tmp_path / "project", PostgresEngine(server, database), demo_tables)
     assert_same(duckdb_outcome, outcome, "postgres")
+
+
+def test_fallbacks_for_engines_without_arrays_equal_duckdb(
+    tmp_path: Path, demo_tables: list[SourceTable], duckdb_outcome: Outcome, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redshift's code paths (a ranked query per latest/first value, LISTAGG-built JSON lists, a numeric
+    text test instead of TRY_CAST, no QUALIFY) run here on DuckDB, and must give DuckDB's own results."""
+    fallbacks = replace(DUCKDB, pick="window", sorted_set="listagg", try_cast=False, qualify=False)
+    monkeypatch.setattr(DuckDBWarehouse, "capabilities", fallbacks)
+    root = tmp_path / "project"
+    outcome = run_project(root, DuckDBEngine(root / "warehouse.duckdb"), demo_tables)
+    assert_same(duckdb_outcome, outcome, "duckdb with fallbacks")
