@@ -87,8 +87,8 @@ def unchanged(
     crossed = exp.or_(
         *(
             exp.and_(
-                exp.column("timestamp") > timestamp(low - offset),
-                exp.column("timestamp") <= timestamp(high - offset),
+                exp.column("timestamp") > timestamp(low - offset, compiled.caps),
+                exp.column("timestamp") <= timestamp(high - offset, compiled.caps),
             )
             for offset in offsets
         )

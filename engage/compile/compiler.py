@@ -229,9 +229,10 @@ class Compiler:
         `between: [from, to]` is inclusive."""
         if node.within is not None:
             self.windows.add(node.within)
-            return ts > timestamp(self.as_of - node.within)
+            return ts > timestamp(self.as_of - node.within, self.caps)
         if node.between is not None:
-            return exp.Between(this=ts, low=timestamp(node.between[0]), high=timestamp(node.between[1]))
+            low, high = (timestamp(moment, self.caps) for moment in node.between)
+            return exp.Between(this=ts, low=low, high=high)
         return exp.true()
 
     def filters(

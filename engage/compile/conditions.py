@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from sqlglot import exp
 
 from engage.compile.expressions import PROFILE, TS, compare, conjunction, false_if_null
+from engage.compile.portable import add_seconds
 from engage.compile.scan import ROW
 from engage.definitions.models import (
     AllCondition,
@@ -94,11 +95,7 @@ def funnel(compiler: Compiler, node: FunnelCondition) -> exp.Expr:
         parent = exp.column(TS, "p")
         in_range = [exp.column(PROFILE, ROW).eq(exp.column(PROFILE, "p")), exp.column(TS, ROW) > parent]
         if step.within is not None:
-            limit = exp.DateAdd(
-                this=parent,
-                expression=exp.Literal.number(int(step.within.total_seconds())),
-                unit=exp.var("SECOND"),
-            )
+            limit = add_seconds(compiler.caps, parent, int(step.within.total_seconds()))
             in_range.append(exp.column(TS, ROW) <= limit)
         if step.negated:
             follows = exp.select(exp.Literal.number(1)).from_(rows).where(exp.and_(*in_range))

@@ -20,8 +20,10 @@ PROFILE, USER_ID, ANONYMOUS_ID = "__profile", "__user_id", "__anonymous_id"
 EVENT, TS, RECEIVED_AT, ROW_ID = "__event", "__ts", "__received_at", "__id"
 
 
-def timestamp(moment: datetime) -> exp.Expr:
-    return exp.cast(exp.Literal.string(moment.isoformat(sep=" ")), exp.DataType.Type.TIMESTAMP)
+def timestamp(moment: datetime | str, caps: Capabilities) -> exp.Expr:
+    """A naive-UTC moment, typed to compare with the engine's event timestamps."""
+    text = moment if isinstance(moment, str) else moment.isoformat(sep=" ")
+    return exp.cast(exp.Literal.string(text), exp.DataType.build(caps.timestamp_type))
 
 
 def sql_type(portable: str) -> exp.DataType:
@@ -58,13 +60,15 @@ def _number(value: Scalar) -> float | None:
         return None
 
 
-def _operand(column: exp.Expr, column_type: str, value: Scalar) -> tuple[exp.Expr, exp.Expr]:
+def _operand(
+    caps: Capabilities, column: exp.Expr, column_type: str, value: Scalar
+) -> tuple[exp.Expr, exp.Expr]:
     """The column and the literal to compare it with, both in one type chosen from the column's type."""
     number = _number(value)
     if column_type in NUMERIC and number is not None:
         return column, exp.convert(number if not isinstance(value, int) else value)
     if column_type == TIMESTAMP and isinstance(value, str | datetime):
-        return column, exp.cast(exp.Literal.string(str(value)), exp.DataType.Type.TIMESTAMP)
+        return column, timestamp(str(value), caps)
     if column_type == BOOLEAN and isinstance(value, bool):
         return column, exp.convert(value)
     return _as_text(column, column_type), exp.Literal.string(_text(value))
@@ -77,7 +81,7 @@ def _ordered_operand(
     number = _number(value)
     if number is not None and column_type not in NUMERIC and column_type != TIMESTAMP:
         return to_double(caps, column), exp.convert(number)
-    return _operand(column, column_type, value)
+    return _operand(caps, column, column_type, value)
 
 
 def compare(
@@ -90,7 +94,7 @@ def compare(
         return column.is_(exp.null())
     if op in ("in", "not_in"):
         assert isinstance(value, list)
-        pairs = [_operand(column, column_type, v) for v in value]
+        pairs = [_operand(caps, column, column_type, v) for v in value]
         test = exp.In(this=pairs[0][0], expressions=[literal for _, literal in pairs])
         return test if op == "in" else exp.and_(column.is_(exp.null()).not_(), test.not_())
     assert value is not None and not isinstance(value, list)
@@ -108,7 +112,7 @@ def compare(
         left, right = _ordered_operand(caps, column, column_type, value)
         builder = {"gt": exp.GT, "gte": exp.GTE, "lt": exp.LT, "lte": exp.LTE}[op]
         return builder(this=left, expression=right)
-    left, right = _operand(column, column_type, value)
+    left, right = _operand(caps, column, column_type, value)
     if op == "eq":
         return left.eq(right)
     if op == "neq":

@@ -33,6 +33,11 @@ def to_double(caps: Capabilities, value: exp.Expr) -> exp.Expr:
     return exp.case().when(is_number, exp.cast(text.copy(), double))
 
 
+def add_seconds(caps: Capabilities, moment: exp.Expr, seconds: int) -> exp.Expr:
+    builder = exp.TimestampAdd if caps.add_seconds == "timestamp_add" else exp.DateAdd
+    return builder(this=moment, expression=exp.Literal.number(seconds), unit=exp.var("SECOND"))
+
+
 def _array_agg(caps: Capabilities, value: exp.Expr, keep: exp.Expr, order: list[exp.Ordered]) -> exp.Expr:
     """ARRAY_AGG of `value` over the rows where `keep` holds, in `order` (no NULL element)."""
     if caps.array_nulls == "filter":
@@ -111,6 +116,20 @@ def sorted_set_json(caps: Capabilities, text: exp.Expr, keep: exp.Expr) -> exp.E
         listed = exp.func("LIST_SORT", distinct)
     elif caps.sorted_set == "listagg":
         return _listagg_json(caps, text, keep)
+    elif caps.sorted_set == "unnest":
+        element = exp.column("element")
+        gathered = _array_agg(caps, text, keep, [])
+        distinct = (
+            exp.select(element)
+            .distinct()
+            .from_(
+                exp.Unnest(
+                    expressions=[gathered], alias=exp.TableAlias(columns=[exp.to_identifier("element")])
+                )
+            )
+            .order_by(exp.Ordered(this=element.copy()))
+        )
+        listed = exp.Array(expressions=[distinct])
     elif caps.sorted_set == "array_sort":
         listed = exp.SortArray(this=exp.ArrayUniqueAgg(this=exp.case().when(keep, text)))
     else:

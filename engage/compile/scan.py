@@ -147,7 +147,7 @@ class SharedScan:
                 value = exp.cast(exp.null(), sql_type(portable))
             select = select.select(exp.alias_(value, name), copy=False)
         visible = exp.and_(
-            exp.column("timestamp", alias) <= timestamp(self.as_of),
+            exp.column("timestamp", alias) <= timestamp(self.as_of, self.caps),
             # A row with no identifier belongs to no profile.
             self.resolver.profile(alias).is_(exp.null()).not_(),
         )

@@ -25,7 +25,9 @@ Pick = Literal["arg_max", "max_by_struct", "array_agg", "window"]
 #   ordered        ARRAY_AGG(DISTINCT x ORDER BY x)  (Snowflake: WITHIN GROUP; sqlglot renders it)
 #   array_sort     ARRAY_SORT(COLLECT_SET(x))
 #   listagg        '[' || LISTAGG(DISTINCT quoted x, ',') WITHIN GROUP (ORDER BY …) || ']' (no arrays)
-SortedSet = Literal["list_sort", "ordered", "array_sort", "listagg"]
+#   unnest         ARRAY(SELECT DISTINCT e FROM UNNEST(ARRAY_AGG(x IGNORE NULLS)) e ORDER BY e)
+#                  (BigQuery: its emulator refuses DISTINCT with IGNORE NULLS in one aggregate)
+SortedSet = Literal["list_sort", "ordered", "array_sort", "listagg", "unnest"]
 # How an array aggregate leaves out NULLs: a FILTER (WHERE …) clause, natively (the engine drops them),
 # or an IGNORE NULLS clause (BigQuery refuses arrays with a NULL element).
 ArrayNulls = Literal["filter", "dropped", "ignore_nulls"]
@@ -56,6 +58,11 @@ class Capabilities:
     scratch: Scratch = "temporary"
     identifiers: Literal["lower", "upper", "sensitive"] = "lower"  # how unquoted names are stored
     bulk_load: BulkLoad = "executemany"
+    # The type of the naive-UTC moments engage compares event timestamps with. BigQuery's event columns
+    # are TIMESTAMP, which sqlglot calls TIMESTAMPTZ there (its TIMESTAMP is BigQuery's DATETIME).
+    timestamp_type: str = "TIMESTAMP"
+    # Adding seconds to a timestamp: DATE_ADD on BigQuery returns a DATE, so it needs TIMESTAMP_ADD.
+    add_seconds: Literal["date_add", "timestamp_add"] = "date_add"
 
 
 DUCKDB = Capabilities(dialect="duckdb")
@@ -86,9 +93,11 @@ SNOWFLAKE = Capabilities(
 BIGQUERY = Capabilities(
     dialect="bigquery",
     pick="array_agg",
-    sorted_set="ordered",
+    sorted_set="unnest",
     array_nulls="ignore_nulls",
     json_function="TO_JSON_STRING",
+    timestamp_type="TIMESTAMPTZ",
+    add_seconds="timestamp_add",
     upsert="merge",
     transactions=False,
     scratch="schema",

@@ -86,16 +86,16 @@ class PostgresEngine:
         load_sources(self.server, self.database, tables)
 
 
-def _normal(value: Any) -> Any:
+def normal(value: Any) -> Any:
     """A value as engines agree on it: floats to 9 significant digits, times as ISO text."""
     if isinstance(value, float):
         return float(f"{value:.9g}") if math.isfinite(value) else value
     if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, dict):
-        return {k: _normal(v) for k, v in value.items()}
+        return {k: normal(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_normal(v) for v in value]
+        return [normal(v) for v in value]
     return value
 
 
@@ -122,14 +122,14 @@ def _read_outputs(project_root: Path) -> dict[str, list[dict[str, Any]]]:
             columns = sorted(c for c in table.columns if c not in LOAD_TIME_COLUMNS | {"updated_at"})
             query = exp.select(*columns).from_(exp.table_(name, db=space.output_schema))
             rows = [
-                {c.lower(): _normal(v) for c, v in zip(names, row, strict=True)}
+                {c.lower(): normal(v) for c, v in zip(names, row, strict=True)}
                 for names, batch in warehouse.fetch_batches(query, 10_000)
                 for row in batch
             ]
             key = ("definition_key", "trait_key", "profile_id") if name == "_engage_state" else ("id",)
             for row in rows:
                 if row.get("value_num") is not None:  # a number's text is the engine's spelling of it
-                    row["value_text"] = _normal(float(row["value_text"]))
+                    row["value_text"] = normal(float(row["value_text"]))
                 if row.get("definition_key") in sql_traits:  # hashes SQL written in the engine's dialect
                     row.pop("fingerprint")
             tables[name] = sorted(rows, key=lambda r: tuple(str(r.get(k)) for k in key))
@@ -164,7 +164,7 @@ def run_project(root: Path, engine: Engine, tables: Sequence[SourceTable]) -> Ou
     for message in MemoryConnector.sent.pop("mem", []):
         message = dict(message)
         message.pop("sentAt")
-        outcome.messages.append(_normal(message))
+        outcome.messages.append(normal(message))
     outcome.messages.sort(key=lambda m: (m["messageId"], m["type"]))
     outcome.tables = _read_outputs(root)
     return outcome
