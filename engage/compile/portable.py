@@ -119,7 +119,7 @@ def sorted_set_json(caps: Capabilities, text: exp.Expr, keep: exp.Expr) -> exp.E
     elif caps.sorted_set == "unnest":
         element = exp.column("element")
         gathered = _array_agg(caps, text, keep, [])
-        distinct = (
+        elements = (
             exp.select(element)
             .distinct()
             .from_(
@@ -129,7 +129,7 @@ def sorted_set_json(caps: Capabilities, text: exp.Expr, keep: exp.Expr) -> exp.E
             )
             .order_by(exp.Ordered(this=element.copy()))
         )
-        listed = exp.Array(expressions=[distinct])
+        listed = exp.Array(expressions=[elements])
     elif caps.sorted_set == "array_sort":
         listed = exp.SortArray(this=exp.ArrayUniqueAgg(this=exp.case().when(keep, text)))
     else:
