@@ -19,6 +19,7 @@ class SourceTable:
     name: str
     columns: list[tuple[str, str]]  # (name, portable type)
     rows: list[tuple[Any, ...]]
+    origin: Path  # the DuckDB file it was read from (DuckDB engines copy from it in SQL)
 
 
 def read_sources(path: Path, schemas: Sequence[str]) -> list[SourceTable]:
@@ -38,5 +39,5 @@ def read_sources(path: Path, schemas: Sequence[str]) -> list[SourceTable]:
             ).fetchall()
             columns = [(column, portable_type(kind)) for column, kind in described]
             rows = connection.execute(f'SELECT * FROM "{schema}"."{name}" ORDER BY 1').fetchall()
-            tables.append(SourceTable(schema, name, columns, rows))
+            tables.append(SourceTable(schema, name, columns, rows, path))
     return tables
