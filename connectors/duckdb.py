@@ -41,5 +41,8 @@ class DuckDBConnector(Connector):
                 self.space.locate("destinations", self.destination, "path"),
             )
 
+    def prepare(self, delivery: Delivery) -> None:
+        TableWriter(delivery).prepare()
+
     def deliver(self, delivery: Delivery) -> int:
         return TableWriter(delivery).write()

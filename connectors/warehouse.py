@@ -18,6 +18,9 @@ class WarehouseConnector(Connector):
     def in_warehouse(self, warehouse: Warehouse) -> bool:
         return True
 
+    def prepare(self, delivery: Delivery) -> None:
+        TableWriter(delivery).prepare()
+
     def deliver(self, delivery: Delivery) -> int:
         return TableWriter(delivery).write()
 
@@ -34,45 +37,59 @@ class TableWriter:
         self.schema = delivery.schema
         self.rows: WarehouseRows = delivery.rows
 
-    def write(self) -> int:
+    def _tables(self) -> list[tuple[str, list[tuple[str, str]], dict[str, str]]]:
+        """(table, standard columns, key → type) of every table this delivery writes."""
+        tables = []
+        if "identify" in self.delivery.send:
+            tables.append(("identifies", STANDARD_COLUMNS, self.rows.key_types()))
+            tables.append(("users", USERS_COLUMNS, self.rows.key_types()))
+        if "track" in self.delivery.send:
+            tables.append(("tracks", TRACK_COLUMNS, {}))
+            for _, event, label, kinds in self._events():
+                tables.append(
+                    (snakecase(event), [*TRACK_COLUMNS, (label, "varchar")], self.rows.key_types(kinds))
+                )
+        return tables
+
+    def _events(self) -> list[tuple[str, str, str, tuple[str, ...]]]:
+        """(transition, event name, label column, definition kinds) of the per-event tables written."""
+        events = self.delivery.context.events
+        every = [
+            ("entered", events.audience_entered, "audience_key", ("audience",)),
+            ("exited", events.audience_exited, "audience_key", ("audience",)),
+            ("computed", events.trait_computed, "trait_key", ("trait", "sql_trait")),
+        ]
+        return [e for e in every if any(d.kind in e[3] for d in self.delivery.definitions)]
+
+    def prepare(self) -> None:
+        """The DDL, before the run's transaction (Snowflake commits any open transaction at DDL): the
+        schema, the tables, and a column for each key whose first non-null value arrives in this run."""
         self.warehouse.ensure_schema(self.schema)
         with_values = {r[0] for r in self.warehouse.fetchall(self.rows.keys_with_values())}
+        for table, standard, key_types in self._tables():
+            self.warehouse.ensure_table(self.schema, table, [(c, sql_type(t)) for c, t in standard])
+            existing = self.warehouse.table_columns(self.schema, table)
+            for key in sorted(with_values & key_types.keys() - existing.keys()):
+                self.warehouse.add_column(self.schema, table, key, sql_type(key_types[key]))
+
+    def write(self) -> int:
+        """Inserts and upserts only: `prepare` made every table and column they need."""
+        keys = {
+            table: {
+                k: t for k, t in key_types.items() if k in self.warehouse.table_columns(self.schema, table)
+            }
+            for table, _, key_types in self._tables()
+        }
         written = 0
         if "identify" in self.delivery.send:
-            keys = self._key_columns("identifies", STANDARD_COLUMNS, self.rows.key_types(), with_values)
-            written += self._insert("identifies", self.rows.identifies(keys))
-            self._upsert_users(self._key_columns("users", USERS_COLUMNS, self.rows.key_types(), with_values))
+            written += self._insert("identifies", self.rows.identifies(keys["identifies"]))
+            self._upsert_users(keys["users"])
         if "track" in self.delivery.send:
-            written += self._insert_table("tracks", TRACK_COLUMNS, self.rows.tracks())
-            events = self.delivery.context.events
-            for call, event, label, kinds in (
-                ("entered", events.audience_entered, "audience_key", ("audience",)),
-                ("exited", events.audience_exited, "audience_key", ("audience",)),
-                ("computed", events.trait_computed, "trait_key", ("trait", "sql_trait")),
-            ):
-                if not any(d.kind in kinds for d in self.delivery.definitions):
-                    continue
+            written += self._insert("tracks", self.rows.tracks())
+            for call, event, label, _ in self._events():
                 table = snakecase(event)
-                columns = [*TRACK_COLUMNS, (label, "varchar")]
-                keys = self._key_columns(table, columns, self.rows.key_types(kinds), with_values)
-                self._insert_table(table, columns, self.rows.tracks(call, label, keys))
+                self._insert(table, self.rows.tracks(call, label, keys[table]))
         return written
-
-    def _key_columns(
-        self, table: str, standard: list[tuple[str, str]], key_types: dict[str, str], with_values: set[str]
-    ) -> dict[str, str]:
-        """Creates the table if needed and adds a column for each key whose first non-null value arrived;
-        returns the key columns the table has now."""
-        self.warehouse.ensure_table(self.schema, table, [(c, sql_type(t)) for c, t in standard])
-        existing = self.warehouse.table_columns(self.schema, table)
-        for key in sorted(with_values & key_types.keys() - existing.keys()):
-            self.warehouse.add_column(self.schema, table, key, sql_type(key_types[key]))
-            existing[key] = key_types[key]
-        return {k: t for k, t in key_types.items() if k in existing}
-
-    def _insert_table(self, table: str, standard: list[tuple[str, str]], query: exp.Query) -> int:
-        self.warehouse.ensure_table(self.schema, table, [(c, sql_type(t)) for c, t in standard])
-        return self._insert(table, query)
 
     def _insert(self, table: str, query: exp.Query) -> int:
         target = exp.table_(table, db=self.schema)

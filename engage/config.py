@@ -64,7 +64,29 @@ class PostgresWarehouseConfig(_Model):
         return 5439 if self.type == "redshift" else 5432
 
 
-WarehouseConfig = Annotated[DuckDBWarehouseConfig | PostgresWarehouseConfig, Field(discriminator="type")]
+class SnowflakeWarehouseConfig(_Model):
+    """Snowflake through snowflake-connector-python (`pip install 'engage[snowflake]'`). `host`, `port` and
+    `protocol` reach a private endpoint (or a test server) instead of `<account>.snowflakecomputing.com`."""
+
+    type: Literal["snowflake"]
+    account: str
+    user: str
+    password: SecretStr | None = None
+    database: str
+    warehouse: str | None = None
+    role: str | None = None
+    # The session's schema, which holds the run's temporary tables (Snowflake puts them in one).
+    schema_: str = Field(default="PUBLIC", alias="schema")
+    host: str | None = None
+    port: int | None = Field(default=None, gt=0, lt=65536)
+    protocol: Literal["https", "http"] = "https"
+    login_timeout: int = Field(default=30, gt=0)  # seconds
+    network_timeout: int = Field(default=600, gt=0)  # seconds a request (and its retries) may take
+
+
+WarehouseConfig = Annotated[
+    DuckDBWarehouseConfig | PostgresWarehouseConfig | SnowflakeWarehouseConfig, Field(discriminator="type")
+]
 
 
 class IdentityConfig(_Model):

@@ -84,6 +84,10 @@ class Connector(ABC):
         """True when this connector writes with SQL inside `warehouse` (and so joins its transaction)."""
         return False
 
+    def prepare(self, delivery: Delivery) -> None:  # noqa: B027 - optional hook
+        """In-warehouse connectors: the DDL their writes need, run just before the run's transaction
+        (some engines commit an open transaction at any DDL)."""
+
     def check(self, warehouse: Warehouse) -> None:  # noqa: B027 - optional hook
         """Refuses a configuration that cannot work, before any SQL runs (raise `ConfigError`)."""
 

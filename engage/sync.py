@@ -377,6 +377,8 @@ class Run:
                 written[connector.destination] = self._deliver(connector, delivery)
         with self.console.stage("write outputs and advance state"):
             self.state.ensure()
+            for connector, delivery in inside:
+                connector.prepare(delivery)
             with self.warehouse.transaction():
                 for connector, delivery in inside:
                     written[connector.destination] = self._deliver(connector, delivery)

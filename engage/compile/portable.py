@@ -27,7 +27,8 @@ def to_double(caps: Capabilities, value: exp.Expr) -> exp.Expr:
     """`value` as a double, NULL when it is not a number (never an error)."""
     double = exp.DataType.build("DOUBLE")
     if caps.try_cast:
-        return exp.TryCast(this=value, to=double)
+        # From text, so that sqlglot keeps TRY_CAST where it only accepts strings (Snowflake).
+        return exp.TryCast(this=exp.cast(value, exp.DataType.Type.VARCHAR), to=double)
     text = exp.cast(value, exp.DataType.Type.VARCHAR)
     is_number = exp.RegexpLike(this=text, expression=exp.Literal.string(NUMERIC_TEXT))
     return exp.case().when(is_number, exp.cast(text.copy(), double))
@@ -44,6 +45,13 @@ def _array_agg(caps: Capabilities, value: exp.Expr, keep: exp.Expr, order: list[
         ordered = exp.Order(this=value, expressions=order) if order else value
         return exp.Filter(this=exp.ArrayAgg(this=ordered), expression=exp.Where(this=keep))
     kept = exp.case().when(keep, value)
+    if order and caps.array_nulls == "dropped":
+        # Kept rows sort first, so the first element is right even where NULLs are not dropped after all
+        # (fakesnow keeps them when the aggregate is ordered).
+        first = exp.Ordered(
+            this=exp.case().when(keep.copy(), exp.Literal.number(0)).else_(exp.Literal.number(1))
+        )
+        order = [first, *order]
     aggregate: exp.Expr = exp.ArrayAgg(this=exp.Order(this=kept, expressions=order) if order else kept)
     if caps.array_nulls == "ignore_nulls":
         aggregate = exp.IgnoreNulls(this=aggregate)

@@ -29,4 +29,8 @@ def open_warehouse(space: Space, *, read_only: bool = False) -> Warehouse:
         from engage.warehouse.postgres import PostgresWarehouse
 
         return PostgresWarehouse(config, space.locate)
+    if config.type == "snowflake":
+        from engage.warehouse.snowflake import SnowflakeWarehouse
+
+        return SnowflakeWarehouse(config, space.locate)
     raise AssertionError(f"unhandled warehouse type {config.type}")

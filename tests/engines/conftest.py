@@ -85,6 +85,28 @@ class PostgresEngine:
         load_sources(self.server, self.database, tables)
 
 
+@dataclass
+class SnowflakeEngine:
+    """The real snowflake-connector-python against fakesnow's server (tests/engines/snowflake.py)."""
+
+    settings: dict[str, Any]
+    name: str = "snowflake"
+
+    def warehouse_yaml(self) -> str:
+        s = self.settings
+        return (
+            f"{{type: snowflake, account: {s['account']}, user: {s['user']}, password: '${{ENGAGE_TEST_SF_PASSWORD}}',"
+            f" database: {s['database']}, host: {s['host']}, port: {s['port']}, protocol: {s['protocol']},"
+            f" network_timeout: {s['network_timeout']}}}"
+        )
+
+    def land(self, tables: Sequence[SourceTable]) -> None:
+        from tests.engines.snowflake import connect, load_sources
+
+        with connect(self.settings) as connection:
+            load_sources(connection, tables)
+
+
 def normal(value: Any) -> Any:
     """A value as engines agree on it: floats to 9 significant digits, times as ISO text."""
     if isinstance(value, float):
@@ -199,6 +221,25 @@ def postgres_database(
     name = postgres_server.create_database()
     yield postgres_server, name
     postgres_server.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def snowflake_server() -> Iterator[dict[str, Any]]:
+    from tests.engines.snowflake import fakesnow_server
+
+    with fakesnow_server(network_timeout=30) as server:
+        yield server
+
+
+@pytest.fixture
+def snowflake_database(
+    snowflake_server: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, Any]]:
+    from tests.engines.snowflake import fresh_database
+
+    monkeypatch.setenv("ENGAGE_TEST_SF_PASSWORD", snowflake_server["password"])
+    with fresh_database(snowflake_server) as settings:
+        yield settings
 
 
 def dump(outcome: Outcome) -> str:

@@ -15,7 +15,7 @@ import pytest
 
 from engage.warehouse.capabilities import DUCKDB
 from engage.warehouse.duckdb import DuckDBWarehouse
-from tests.engines.conftest import DuckDBEngine, Outcome, PostgresEngine, run_project
+from tests.engines.conftest import DuckDBEngine, Outcome, PostgresEngine, SnowflakeEngine, run_project
 from tests.engines.dataset import SourceTable
 from tests.engines.postgres import PostgresServer
 
@@ -71,3 +71,14 @@ def test_fallbacks_for_engines_without_arrays_equal_duckdb(
     root = tmp_path / "project"
     outcome = run_project(root, DuckDBEngine(root / "warehouse.duckdb"), demo_tables)
     assert_same(duckdb_outcome, outcome, "duckdb with fallbacks")
+
+
+@pytest.mark.snowflake
+def test_snowflake_equals_duckdb(
+    tmp_path: Path,
+    demo_tables: list[SourceTable],
+    duckdb_outcome: Outcome,
+    snowflake_database: dict[str, Any],
+) -> None:
+    outcome = run_project(tmp_path / "project", SnowflakeEngine(snowflake_database), demo_tables)
+    assert_same(duckdb_outcome, outcome, "snowflake")
