@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlglot import exp
+from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
 from engage.catalog import Catalog
 from engage.warehouse.capabilities import Capabilities
@@ -33,6 +34,8 @@ class Warehouse(ABC):
         return self.capabilities.dialect
 
     def render(self, statement: exp.Expr) -> str:
+        if self.capabilities.identifiers == "upper":
+            statement = normalize_identifiers(statement.copy(), dialect=self.dialect)
         return statement.sql(dialect=self.dialect, identify=True)
 
     @abstractmethod

@@ -22,23 +22,16 @@ from engage.errors import InputError
 Pick = Literal["arg_max", "max_by_struct", "array_agg", "window"]
 # How a sorted array of distinct strings is aggregated:
 #   list_sort      LIST_SORT(ARRAY_AGG(DISTINCT x))
-#   ordered        ARRAY_AGG(DISTINCT x ORDER BY x)  (Snowflake: WITHIN GROUP; sqlglot renders it)
+#   ordered        ARRAY_AGG(DISTINCT x ORDER BY x)  (PostgreSQL)
 #   array_sort     ARRAY_SORT(COLLECT_SET(x))
 #   listagg        '[' || LISTAGG(DISTINCT quoted x, ',') WITHIN GROUP (ORDER BY …) || ']' (no arrays)
+#                  (Redshift has no arrays; fakesnow keeps NULLs in a filtered, ordered ARRAY_AGG)
 #   unnest         ARRAY(SELECT DISTINCT e FROM UNNEST(ARRAY_AGG(x IGNORE NULLS)) e ORDER BY e)
 #                  (BigQuery: its emulator refuses DISTINCT with IGNORE NULLS in one aggregate)
 SortedSet = Literal["list_sort", "ordered", "array_sort", "listagg", "unnest"]
 # How an array aggregate leaves out NULLs: a FILTER (WHERE …) clause, natively (the engine drops them),
 # or an IGNORE NULLS clause (BigQuery refuses arrays with a NULL element).
 ArrayNulls = Literal["filter", "dropped", "ignore_nulls"]
-# How engage writes the users table's latest values (SPEC §5): an UPDATE … FROM, a MERGE, or, where
-# neither exists (Spark without Delta), by rewriting the table from a staged copy.
-Upsert = Literal["update_from", "merge", "overwrite"]
-# Where a run's scratch tables live: TEMPORARY tables of the connection, or ordinary tables with a
-# run-unique prefix in the output schema, dropped when the run ends (engines without session temp tables).
-Scratch = Literal["temporary", "schema"]
-# How rows from Python reach a table: parameterized executemany, pandas/Arrow bulk writers, load jobs.
-BulkLoad = Literal["executemany", "write_pandas", "load_job", "dataframe"]
 
 
 @dataclass(frozen=True)
@@ -53,11 +46,8 @@ class Capabilities:
     json_function: str = "TO_JSON"  # array → JSON text
     text_collation: str | None = None  # collation that orders text byte-wise, when the default may not
     qualify: bool = True  # QUALIFY filters window results; else a subquery does
-    upsert: Upsert = "update_from"
-    transactions: bool = True  # several statements commit together
-    scratch: Scratch = "temporary"
-    identifiers: Literal["lower", "upper", "sensitive"] = "lower"  # how unquoted names are stored
-    bulk_load: BulkLoad = "executemany"
+    # How the engine stores unquoted names: engage's lower-case names are upper-cased for Snowflake.
+    identifiers: Literal["lower", "upper"] = "lower"
     # The type of the naive-UTC moments engage compares event timestamps with. BigQuery's event columns
     # are TIMESTAMP, which sqlglot calls TIMESTAMPTZ there (its TIMESTAMP is BigQuery's DATETIME).
     timestamp_type: str = "TIMESTAMP"
@@ -79,7 +69,6 @@ REDSHIFT = Capabilities(
     pick="window",
     sorted_set="listagg",
     try_cast=False,
-    upsert="merge",
 )
 SNOWFLAKE = Capabilities(
     dialect="snowflake",
@@ -87,8 +76,6 @@ SNOWFLAKE = Capabilities(
     sorted_set="listagg",
     array_nulls="dropped",
     identifiers="upper",
-    upsert="merge",
-    bulk_load="write_pandas",
 )
 BIGQUERY = Capabilities(
     dialect="bigquery",
@@ -98,20 +85,12 @@ BIGQUERY = Capabilities(
     json_function="TO_JSON_STRING",
     timestamp_type="TIMESTAMPTZ",
     add_seconds="timestamp_add",
-    upsert="merge",
-    transactions=False,
-    scratch="schema",
-    identifiers="sensitive",
-    bulk_load="load_job",
 )
 DATABRICKS = Capabilities(
     dialect="databricks",
     pick="max_by_struct",
     sorted_set="array_sort",
     array_nulls="dropped",
-    upsert="overwrite",
-    transactions=False,
-    bulk_load="dataframe",
 )
 
 BY_DIALECT: dict[str, Capabilities] = {

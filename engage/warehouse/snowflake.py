@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from sqlglot import exp
-from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
 from engage.catalog import BIGINT, BOOLEAN, DOUBLE, OTHER, TIMESTAMP, VARCHAR, Catalog, Table, portable_type
 from engage.errors import Location, TransientWarehouseError, WarehouseError
@@ -102,10 +101,6 @@ class SnowflakeWarehouse(Warehouse):
     @property
     def location(self) -> str:
         return f"snowflake:{self.config.account}/{self.config.database}"
-
-    def render(self, statement: exp.Expr) -> str:
-        normalized = normalize_identifiers(statement.copy(), dialect=self.dialect)
-        return normalized.sql(dialect=self.dialect, identify=True)
 
     # -- statements ---------------------------------------------------------------------------------
     def _translate(self, err: Any, sql: str) -> WarehouseError:

@@ -36,6 +36,7 @@ DATA_END = datetime(2026, 6, 1)
 AS_OFS = (datetime(2026, 5, 20, 12), DATA_END)
 # Columns whose values are the time of loading, not a function of the data.
 LOAD_TIME_COLUMNS = {"received_at", "uuid_ts", "sent_at"}
+SNOWFLAKE_PASSWORD = "sf-secret-never-shown"  # fakesnow takes any; this one must never be printed
 
 
 class Engine(Protocol):
@@ -237,9 +238,9 @@ def snowflake_database(
 ) -> Iterator[dict[str, Any]]:
     from tests.engines.snowflake import fresh_database
 
-    monkeypatch.setenv("ENGAGE_TEST_SF_PASSWORD", snowflake_server["password"])
+    monkeypatch.setenv("ENGAGE_TEST_SF_PASSWORD", SNOWFLAKE_PASSWORD)
     with fresh_database(snowflake_server) as settings:
-        yield settings
+        yield {**settings, "password": SNOWFLAKE_PASSWORD}
 
 
 def dump(outcome: Outcome) -> str:

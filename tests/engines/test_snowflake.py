@@ -1,0 +1,104 @@
+"""Snowflake through the real connector against fakesnow: a second sync sends nothing, the compiled SQL
+runs, and failures are one line naming the setting with the state untouched.
+
+fakesnow accepts any password, so a wrong password cannot be shown here (PostgreSQL's tests show it);
+an unreachable host, missing credentials and a missing schema can.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from engage.cli import main
+from tests.engines.conftest import AS_OFS, SNOWFLAKE_PASSWORD, SnowflakeEngine, run_project
+from tests.engines.dataset import SourceTable
+from tests.engines.snowflake import connect, free_port, fresh_database, query
+
+pytestmark = pytest.mark.snowflake
+
+
+def _cli(root: Path, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["--project", str(root), *args], catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def _state(settings: dict[str, Any]) -> list[tuple[Any, ...]]:
+    with connect(settings) as connection:
+        return [
+            *query(connection, 'SELECT * FROM "ENGAGE_DEFAULT"."_ENGAGE_STATE" ORDER BY 1, 2, 4'),
+            *query(connection, 'SELECT run_id, status FROM "ENGAGE_DEFAULT"."_ENGAGE_RUNS" ORDER BY 1'),
+        ]
+
+
+@pytest.fixture(scope="module")
+def synced(
+    tmp_path_factory: pytest.TempPathFactory, demo_tables: list[SourceTable], snowflake_server: dict[str, Any]
+) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """One synced project for the module (a sync on fakesnow takes seconds); tests restore its config."""
+    root = tmp_path_factory.mktemp("snowflake") / "project"
+    with pytest.MonkeyPatch.context() as patch, fresh_database(snowflake_server) as settings:
+        patch.setenv("ENGAGE_TEST_SF_PASSWORD", SNOWFLAKE_PASSWORD)
+        settings = {**settings, "password": SNOWFLAKE_PASSWORD}
+        run_project(root, SnowflakeEngine(settings), demo_tables)
+        config = (root / "config" / "engage.yaml").read_text()
+        yield root, settings
+        (root / "config" / "engage.yaml").write_text(config)
+
+
+@pytest.fixture
+def restored(synced: tuple[Path, dict[str, Any]]) -> Iterator[tuple[Path, dict[str, Any]]]:
+    config = synced[0] / "config" / "engage.yaml"
+    text = config.read_text()
+    yield synced
+    config.write_text(text)
+
+
+def test_a_sync_with_no_new_data_sends_nothing(synced: tuple[Path, dict[str, Any]]) -> None:
+    root, settings = synced
+    state = [r for r in _state(settings) if len(r) > 2]
+    code, output = _cli(root, "sync", "--space", "default", "--as-of", AS_OFS[-1].isoformat(), "--json")
+    assert code == 0, output
+    assert '"entered": 0' in output and '"exited": 0' in output and '"changed": 0' in output
+    assert [r for r in _state(settings) if len(r) > 2] == state
+
+
+def _break(root: Path, old: str, new: str) -> None:
+    config = root / "config" / "engage.yaml"
+    text = config.read_text()
+    assert old in text, text
+    config.write_text(text.replace(old, new, 1))
+
+
+@pytest.mark.parametrize(
+    ("broken", "field", "says"),
+    [
+        pytest.param((" password: '${ENGAGE_TEST_SF_PASSWORD}',", ""), "password", "no password configured", id="missing_credentials"),
+        pytest.param(("port: {port}", "port: {closed}"), "host", "cannot reach", id="unreachable_host"),
+        pytest.param(("sources: [website, ios]", "sources: [website, nowhere]"), "sources", "not found", id="missing_schema"),
+    ],
+)  # fmt: skip
+def test_failures_are_one_line_naming_the_setting(
+    restored: tuple[Path, dict[str, Any]], broken: tuple[str, str], field: str, says: str
+) -> None:
+    root, settings = restored
+    before = _state(settings)
+    values = {"{port}": str(settings["port"]), "{closed}": str(free_port())}
+    old, new = broken
+    for name, value in values.items():
+        old, new = old.replace(name, value), new.replace(name, value)
+    _break(root, old, new)
+    code, output = _cli(root, "sync", "--space", "default")
+    assert code == 1, output
+    lines = output.strip().splitlines()
+    assert len(lines) == 1, output
+    assert re.match(rf"error: config/engage.yaml:\d+: spaces\.default\.(warehouse\.)?{field}: ", lines[0]), (
+        output
+    )
+    assert says in lines[0] and settings["password"] not in output
+    assert _state(settings) == before
