@@ -84,8 +84,24 @@ class SnowflakeWarehouseConfig(_Model):
     network_timeout: int = Field(default=600, gt=0)  # seconds a request (and its retries) may take
 
 
+class BigQueryWarehouseConfig(_Model):
+    """BigQuery through google-cloud-bigquery (`pip install 'engage[bigquery]'`). Sources are datasets of
+    `project`. Credentials: application default, a service-account key file, or none (`auth: none`, for
+    an endpoint that needs none, such as a local emulator)."""
+
+    type: Literal["bigquery"]
+    project: str
+    location: str | None = None
+    auth: Literal["default", "none"] = "default"
+    credentials_file: str | None = None
+    endpoint: str | None = None  # the API endpoint, when not bigquery.googleapis.com
+    scratch_dataset: str = "engage_scratch"  # where a run's intermediate tables live while it runs
+    timeout: int = Field(default=600, gt=0)  # seconds a job (with its retries) may take
+
+
 WarehouseConfig = Annotated[
-    DuckDBWarehouseConfig | PostgresWarehouseConfig | SnowflakeWarehouseConfig, Field(discriminator="type")
+    DuckDBWarehouseConfig | PostgresWarehouseConfig | SnowflakeWarehouseConfig | BigQueryWarehouseConfig,
+    Field(discriminator="type"),
 ]
 
 

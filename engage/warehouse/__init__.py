@@ -33,4 +33,8 @@ def open_warehouse(space: Space, *, read_only: bool = False) -> Warehouse:
         from engage.warehouse.snowflake import SnowflakeWarehouse
 
         return SnowflakeWarehouse(config, space.locate)
+    if config.type == "bigquery":
+        from engage.warehouse.bigquery import BigQueryWarehouse
+
+        return BigQueryWarehouse(config, space.locate)
     raise AssertionError(f"unhandled warehouse type {config.type}")

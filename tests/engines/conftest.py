@@ -108,6 +108,34 @@ class SnowflakeEngine:
             load_sources(connection, tables)
 
 
+@dataclass
+class BigQueryEngine:
+    """The real google-cloud-bigquery client against bqemulator (tests/engines/bigquery.py)."""
+
+    endpoint: Any  # tests.engines.bigquery.BigQueryEndpoint
+    name: str = "bigquery"
+
+    def warehouse_yaml(self) -> str:
+        e = self.endpoint
+        return (
+            f"{{type: bigquery, project: {e.project}, endpoint: '{e.api_endpoint}', auth: none, timeout: 15}}"
+        )
+
+    def land(self, tables: Sequence[SourceTable]) -> None:
+        from google.cloud import bigquery
+
+        from tests.engines.bigquery import client, load_rows
+
+        types = {"varchar": "STRING", "bigint": "INT64", "double": "FLOAT64", "boolean": "BOOL"}
+        bq = client(self.endpoint)
+        for table in tables:
+            schema = [bigquery.SchemaField(c, types.get(k, "TIMESTAMP")) for c, k in table.columns]
+            names = [c for c, _ in table.columns]
+            load_rows(
+                bq, table.schema, table.name, schema, [dict(zip(names, r, strict=True)) for r in table.rows]
+            )
+
+
 def normal(value: Any) -> Any:
     """A value as engines agree on it: floats to 9 significant digits, times as ISO text."""
     if isinstance(value, float):
@@ -241,6 +269,15 @@ def snowflake_database(
     monkeypatch.setenv("ENGAGE_TEST_SF_PASSWORD", SNOWFLAKE_PASSWORD)
     with fresh_database(snowflake_server) as settings:
         yield {**settings, "password": SNOWFLAKE_PASSWORD}
+
+
+@pytest.fixture
+def bigquery_endpoint() -> Iterator[Any]:
+    """An emulator of its own (datasets cannot be dropped between tests on a shared one)."""
+    from tests.engines.bigquery import DEFAULT_CACHE_DIR, running_emulator
+
+    with running_emulator(DEFAULT_CACHE_DIR) as endpoint:
+        yield endpoint
 
 
 def dump(outcome: Outcome) -> str:

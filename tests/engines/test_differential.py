@@ -15,7 +15,14 @@ import pytest
 
 from engage.warehouse.capabilities import DUCKDB
 from engage.warehouse.duckdb import DuckDBWarehouse
-from tests.engines.conftest import DuckDBEngine, Outcome, PostgresEngine, SnowflakeEngine, run_project
+from tests.engines.conftest import (
+    BigQueryEngine,
+    DuckDBEngine,
+    Outcome,
+    PostgresEngine,
+    SnowflakeEngine,
+    run_project,
+)
 from tests.engines.dataset import SourceTable
 from tests.engines.postgres import PostgresServer
 
@@ -82,3 +89,11 @@ def test_snowflake_equals_duckdb(
 ) -> None:
     outcome = run_project(tmp_path / "project", SnowflakeEngine(snowflake_database), demo_tables)
     assert_same(duckdb_outcome, outcome, "snowflake")
+
+
+@pytest.mark.bigquery
+def test_bigquery_equals_duckdb(
+    tmp_path: Path, demo_tables: list[SourceTable], duckdb_outcome: Outcome, bigquery_endpoint: Any
+) -> None:
+    outcome = run_project(tmp_path / "project", BigQueryEngine(bigquery_endpoint), demo_tables)
+    assert_same(duckdb_outcome, outcome, "bigquery")

@@ -1,0 +1,229 @@
+"""BigQuery, through google-cloud-bigquery.
+
+BigQuery has no session temporary tables outside scripts, so a run's scratch tables are ordinary tables
+in a scratch dataset, named per connection and dropped on close; `render` points the statements' bare
+scratch names at them. Statements run as separate jobs: there is no multi-statement transaction, so a
+run relies on what every engine has, writes that skip ids already written and a state advanced last.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlglot import exp
+
+from engage.catalog import Catalog, Table, portable_type
+from engage.errors import Location, TransientWarehouseError, WarehouseError
+from engage.warehouse.base import Warehouse
+from engage.warehouse.capabilities import BIGQUERY
+from engage.warehouse.drivers import require
+
+if TYPE_CHECKING:
+    from engage.config import BigQueryWarehouseConfig
+
+log = logging.getLogger("engage.warehouse")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(getattr(err, "message", None) or err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+class BigQueryWarehouse(Warehouse):
+    capabilities = BIGQUERY
+
+    def __init__(self, config: BigQueryWarehouseConfig, locate: Any) -> None:
+        self.config = config
+        self._locate = locate
+        self._bigquery = require("google.cloud.bigquery", "bigquery")
+        self._exceptions = require("google.api_core.exceptions", "bigquery")
+        self._scratch: dict[str, str] = {}  # bare name → table name in the scratch dataset
+        self._token = uuid.uuid4().hex[:8]
+        self.client = self._client()
+
+    def _client(self) -> Any:
+        from google.api_core.client_options import ClientOptions
+        from google.auth.exceptions import DefaultCredentialsError
+
+        config = self.config
+        credentials = None
+        if config.auth == "none":
+            from google.auth.credentials import AnonymousCredentials
+
+            credentials = AnonymousCredentials()  # type: ignore[no-untyped-call]
+        elif config.credentials_file:
+            from google.oauth2 import service_account
+
+            load = service_account.Credentials.from_service_account_file
+            credentials = load(config.credentials_file)  # type: ignore[no-untyped-call]
+        options = ClientOptions(api_endpoint=config.endpoint) if config.endpoint else None
+        try:
+            return self._bigquery.Client(
+                project=config.project,
+                credentials=credentials,
+                location=config.location,
+                client_options=options,
+            )
+        except DefaultCredentialsError:
+            raise WarehouseError(
+                "no credentials: set credentials_file, or application default credentials"
+                " (GOOGLE_APPLICATION_CREDENTIALS)",
+                self._at("credentials_file"),
+            ) from None
+
+    def _at(self, field: str) -> Location:
+        located: Location = self._locate("warehouse", field)
+        return located
+
+    @property
+    def location(self) -> str:
+        return f"bigquery:{self.config.project}"
+
+    def render(self, statement: exp.Expr) -> str:
+        """Bare names of this connection's scratch tables become the scratch dataset's tables (keeping the
+        bare name as alias, so column qualifiers still resolve); parameters become typed literals."""
+
+        def rewrite(node: exp.Expr) -> exp.Expr:
+            if isinstance(node, exp.Table) and not node.db and node.name in self._scratch:
+                alias = node.alias or node.name
+                return exp.table_(self._scratch[node.name], db=self.config.scratch_dataset, alias=alias)
+            return node
+
+        return super().render(statement.transform(rewrite))
+
+    @staticmethod
+    def _bind(statement: exp.Expr, parameters: Sequence[Any]) -> exp.Expr:
+        values = iter(parameters)
+
+        def literal(node: exp.Expr) -> exp.Expr:
+            if not isinstance(node, exp.Placeholder):
+                return node
+            value = next(values)
+            if isinstance(value, datetime):
+                return exp.cast(exp.Literal.string(value.isoformat(sep=" ")), "TIMESTAMP")
+            return exp.convert(value)
+
+        return statement.transform(literal)
+
+    # -- jobs ---------------------------------------------------------------------------------------
+    def _translate(self, err: Exception, sql: str) -> WarehouseError:
+        exceptions = self._exceptions
+        message = f"bigquery: {_first_line(err)}"
+        transient = (
+            exceptions.ServiceUnavailable,
+            exceptions.InternalServerError,
+            exceptions.TooManyRequests,
+            exceptions.GatewayTimeout,
+        )
+        if isinstance(err, transient):
+            return TransientWarehouseError(message)
+        if isinstance(err, exceptions.RetryError) and err.cause is not None:  # retried until the timeout
+            err = err.cause
+        if isinstance(err, exceptions.Forbidden | exceptions.Unauthorized):
+            return WarehouseError(f"access denied: {_first_line(err)}", self._at("credentials_file"))
+        if not isinstance(err, exceptions.GoogleAPIError):  # the endpoint did not answer at all
+            where = self.config.endpoint or "bigquery.googleapis.com"
+            return TransientWarehouseError(f"cannot reach {where}: {_first_line(err)}", self._at("endpoint"))
+        return WarehouseError(f"{message}\n  in: {sql[:300]}")
+
+    def _job(self, sql: str) -> Any:
+        from google.api_core.retry import Retry
+
+        started = time.monotonic()
+        try:
+            job = self.client.query(
+                sql, retry=Retry(timeout=self.config.timeout), timeout=self.config.timeout
+            )
+            result = job.result(timeout=self.config.timeout)
+        except Exception as err:
+            raise self._translate(err, sql) from err
+        log.debug("%.3fs %s", time.monotonic() - started, sql)
+        return job, result
+
+    def execute(self, statement: exp.Expr, parameters: Sequence[Any] = ()) -> None:
+        self._job(self.render(self._bind(statement, parameters) if parameters else statement))
+
+    def insert(self, statement: exp.Insert) -> int:
+        job, _ = self._job(self.render(statement))
+        return int(job.num_dml_affected_rows or 0)
+
+    def fetchall(self, query: exp.Expr) -> list[tuple[Any, ...]]:
+        _, result = self._job(self.render(query))
+        return [tuple(row.values()) for row in result]
+
+    def fetch_batches(self, query: exp.Expr, size: int) -> Iterator[tuple[list[str], list[tuple[Any, ...]]]]:
+        sql = self.render(query)
+        _, result = self._job(sql)
+        names = [field.name for field in result.schema]
+        try:
+            for page in result.pages:
+                rows = [tuple(row.values()) for row in page]
+                for start in range(0, len(rows), size):
+                    yield names, rows[start : start + size]
+        except Exception as err:
+            raise self._translate(err, sql) from err
+
+    def executemany(self, statement: exp.Expr, rows: Sequence[Sequence[Any]]) -> None:
+        for row in rows:
+            self.execute(statement, row)
+
+    def _columns(self, query: exp.Query) -> dict[str, str]:
+        _, result = self._job(self.render(exp.select("*").from_(query.subquery("q")).limit(0)))
+        return {field.name: portable_type(field.field_type) for field in result.schema}
+
+    def describe(self, schemas: Sequence[str]) -> Catalog:
+        """Through the tables API (a dataset's table list, then each table's schema)."""
+        from google.api_core.retry import Retry
+
+        bounded = {"retry": Retry(timeout=self.config.timeout), "timeout": self.config.timeout}
+        tables: dict[tuple[str, str], Table] = {}
+        for schema in schemas:
+            try:
+                listed = list(self.client.list_tables(schema, **bounded))
+                for item in sorted(listed, key=lambda t: t.table_id):
+                    fields = self.client.get_table(item.reference, **bounded).schema
+                    columns = {f.name: portable_type(f.field_type) for f in fields}
+                    tables[(schema, item.table_id)] = Table(schema, item.table_id, columns)
+            except self._exceptions.NotFound:
+                continue
+            except Exception as err:
+                raise self._translate(err, f"list tables of {schema}") from err
+        return Catalog(tuple(schemas), tables)
+
+    def query_columns(self, query: exp.Query) -> dict[str, str]:
+        return self._columns(query)
+
+    def table_columns(self, schema: str, table: str) -> dict[str, str]:
+        """From a query of the table: metadata lags behind ALTER TABLE on some servers (the emulator)."""
+        try:
+            return self._columns(exp.select("*").from_(exp.table_(table, db=schema)))
+        except WarehouseError:
+            if self.describe([schema]).tables.get((schema, table)) is None:
+                return {}
+            raise
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """No multi-statement transactions outside scripts: statements commit one by one."""
+        yield
+
+    def create_temp_table(self, name: str, query: exp.Query) -> None:
+        self.ensure_schema(self.config.scratch_dataset)
+        self._scratch[name] = f"{name.strip('_')}_{self._token}"
+        target = exp.table_(self._scratch[name], db=self.config.scratch_dataset)
+        self.execute(exp.Create(this=target, kind="TABLE", expression=query, replace=True))
+
+    def close(self) -> None:
+        for table in self._scratch.values():
+            target = exp.table_(table, db=self.config.scratch_dataset)
+            try:
+                self.execute(exp.Drop(tables=[target], kind="TABLE", exists=True))
+            except WarehouseError:
+                log.warning("could not drop scratch table %s.%s", self.config.scratch_dataset, table)
+        self.client.close()
