@@ -36,8 +36,8 @@ class DuckDBConnector(Connector):
     def check(self, warehouse: Warehouse) -> None:
         if not self.in_warehouse(warehouse):
             raise ConfigError(
-                "a duckdb destination must be the space's warehouse file for now; writing to another"
-                " database arrives with cross-warehouse destinations",
+                "a duckdb destination is the space's own warehouse file; to write into another database use"
+                " `type: warehouse` with a `warehouse:` block, e.g. {type: duckdb, path: other.duckdb}",
                 self.space.locate("destinations", self.destination, "path"),
             )
 

@@ -1,39 +1,77 @@
-"""`type: warehouse`: writes `engage_<space>` (identifies, users, tracks, one table per track event) into the
-space's own warehouse, whatever its engine. Every write is `INSERT … SELECT` (or the engine's upsert) inside
-the run's transaction where the engine has one: no call passes through Python."""
+"""`type: warehouse`: writes `engage_<space>` (identifies, users, tracks, one table per track event).
+
+Into the space's own warehouse by default, whatever its engine: every write is `INSERT … SELECT` (or the
+engine's upsert) inside the run's transaction, and no call passes through Python. With a `warehouse:` of its
+own, into another database, of any engine: only the run's changed rows stream there, in batches, into
+staging tables, and the same SQL moves them into place in one transaction of that database.
+"""
 
 from __future__ import annotations
 
+from pydantic import BaseModel, ConfigDict
 from sqlglot import exp
 
+from engage.config import WarehouseConfig
 from engage.connector import Connector, Delivery
+from engage.errors import Location
 from engage.messages import STANDARD_COLUMNS, TRACK_COLUMNS, USERS_COLUMNS, WarehouseRows, sql_type
 from engage.naming import snakecase
+from engage.warehouse import connect
 from engage.warehouse.base import Warehouse
+
+BATCH_ROWS = 5_000  # rows per round trip when the changes cross to another warehouse
+
+
+class WarehouseOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    warehouse: WarehouseConfig | None = None  # another database to write into; default: the space's own
 
 
 class WarehouseConnector(Connector):
     name = "warehouse"
+    Options = WarehouseOptions
+
+    @property
+    def _target(self) -> WarehouseConfig | None:
+        assert isinstance(self.options, WarehouseOptions)
+        return self.options.warehouse
 
     def in_warehouse(self, warehouse: Warehouse) -> bool:
-        return True
+        return self._target is None
 
     def prepare(self, delivery: Delivery) -> None:
         TableWriter(delivery).prepare()
 
     def deliver(self, delivery: Delivery) -> int:
-        return TableWriter(delivery).write()
+        config = self._target
+        if config is None:
+            return TableWriter(delivery).write()
+
+        def locate(*field: str) -> Location:
+            return self.space.locate("destinations", self.destination, *field)
+
+        target = connect(config, self.space, locate)
+        try:
+            writer = TableWriter(delivery, target)
+            writer.prepare()
+            with target.transaction():
+                return writer.write()
+        finally:
+            target.close()
 
 
 class TableWriter:
-    """Writes a delivery into the warehouse's `engage_<space>` tables with SQL only.
+    """Writes a delivery into `engage_<space>` tables with SQL only: in the warehouse that computed the
+    run's changes, or (`target`) in another one, into which the changed rows are staged first.
 
     Every insert skips ids already present, so replaying a run whose state did not advance writes
     nothing twice."""
 
-    def __init__(self, delivery: Delivery) -> None:
+    def __init__(self, delivery: Delivery, target: Warehouse | None = None) -> None:
         self.delivery = delivery
-        self.warehouse = delivery.warehouse
+        self.source = delivery.warehouse  # holds the run's changes
+        self.warehouse = target or delivery.warehouse  # holds the tables written
         self.schema = delivery.schema
         self.rows: WarehouseRows = delivery.rows
 
@@ -65,7 +103,7 @@ class TableWriter:
         """The DDL, before the run's transaction (Snowflake commits any open transaction at DDL): the
         schema, the tables, and a column for each key whose first non-null value arrives in this run."""
         self.warehouse.ensure_schema(self.schema)
-        with_values = {r[0] for r in self.warehouse.fetchall(self.rows.keys_with_values())}
+        with_values = {r[0] for r in self.source.fetchall(self.rows.keys_with_values())}
         for table, standard, key_types in self._tables():
             self.warehouse.ensure_table(self.schema, table, [(c, sql_type(t)) for c, t in standard])
             existing = self.warehouse.table_columns(self.schema, table)
@@ -82,14 +120,42 @@ class TableWriter:
         }
         written = 0
         if "identify" in self.delivery.send:
-            written += self._insert("identifies", self.rows.identifies(keys["identifies"]))
+            written += self._insert(
+                "identifies", self._rows("identifies", self.rows.identifies(keys["identifies"]))
+            )
             self._upsert_users(keys["users"])
         if "track" in self.delivery.send:
-            written += self._insert("tracks", self.rows.tracks())
+            written += self._insert("tracks", self._rows("tracks", self.rows.tracks()))
             for call, event, label, _ in self._events():
                 table = snakecase(event)
-                self._insert(table, self.rows.tracks(call, label, keys[table]))
+                self._insert(table, self._rows(table, self.rows.tracks(call, label, keys[table])))
         return written
+
+    def _rows(self, table: str, query: exp.Query, types: dict[str, str] | None = None) -> exp.Query:
+        """The rows to write, as a query the target can run: `query` itself when the target computed the
+        changes; else a staging table of the target, filled with `query`'s result in batches."""
+        if self.warehouse is self.source:
+            return query
+        known = {
+            **dict(TRACK_COLUMNS),
+            "audience_key": "varchar",
+            "trait_key": "varchar",
+            **self.rows.key_types(),
+        }
+        columns = [(c, (types or {}).get(c) or known[c]) for c in query.named_selects]
+        stage = f"__engage_stage_{table}"
+        empty = exp.select(*(exp.alias_(exp.cast(exp.null(), sql_type(t)), c) for c, t in columns)).where(
+            exp.false()
+        )
+        self.warehouse.create_temp_table(stage, empty)
+        insert = exp.insert(
+            exp.Values(expressions=[exp.Tuple(expressions=[exp.Placeholder() for _ in columns])]),
+            exp.table_(stage),
+            columns=[c for c, _ in columns],
+        )
+        for _, batch in self.source.fetch_batches(query, BATCH_ROWS):
+            self.warehouse.executemany(insert, batch)
+        return exp.select(*(c for c, _ in columns)).from_(stage)
 
     def _insert(self, table: str, query: exp.Query) -> int:
         target = exp.table_(table, db=self.schema)
@@ -112,7 +178,8 @@ class TableWriter:
     def _upsert_users(self, key_columns: dict[str, str]) -> None:
         """One row per user_id holding the latest value of every key (SPEC §5)."""
         target = exp.table_("users", db=self.schema)
-        source = self.rows.users(key_columns).subquery("s")
+        changed = {f"__changed_{key}": "bigint" for key in key_columns}
+        source = self._rows("users", self.rows.users(key_columns), changed).subquery("s")
         loaded = exp.cast(exp.Literal.string(self.rows.loaded_at.isoformat(sep=" ")), "TIMESTAMP")
         missing = (
             exp.select(exp.column("id", "s"), loaded, loaded.copy())

@@ -1,21 +1,30 @@
-"""Warehouse adapters, one module per engine; `open_warehouse` picks one from the space's config."""
+"""Warehouse adapters, one module per engine; `connect` picks one from a warehouse config."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from engage.warehouse.base import Warehouse
 from engage.warehouse.capabilities import Capabilities
 
 if TYPE_CHECKING:
-    from engage.config import Space
+    from engage.config import Space, WarehouseConfig
+    from engage.errors import Location
 
-__all__ = ["Capabilities", "Warehouse", "open_warehouse"]
+__all__ = ["Capabilities", "Warehouse", "connect", "open_warehouse"]
 
 
 def open_warehouse(space: Space, *, read_only: bool = False) -> Warehouse:
-    """Connects to the space's warehouse. Drivers are imported only when their engine is used."""
-    config = space.config.warehouse
+    """Connects to the space's own warehouse."""
+    return connect(space.config.warehouse, space, space.locate, read_only=read_only)
+
+
+def connect(
+    config: WarehouseConfig, space: Space, locate: Callable[..., Location], *, read_only: bool = False
+) -> Warehouse:
+    """Connects to a warehouse; `locate("warehouse", field)` names a setting in errors. Drivers are imported
+    only when their engine is used."""
     if config.type == "duckdb":
         from engage.warehouse.duckdb import DuckDBWarehouse
 
@@ -28,13 +37,13 @@ def open_warehouse(space: Space, *, read_only: bool = False) -> Warehouse:
     if config.type in ("postgres", "redshift"):
         from engage.warehouse.postgres import PostgresWarehouse
 
-        return PostgresWarehouse(config, space.locate)
+        return PostgresWarehouse(config, locate)
     if config.type == "snowflake":
         from engage.warehouse.snowflake import SnowflakeWarehouse
 
-        return SnowflakeWarehouse(config, space.locate)
+        return SnowflakeWarehouse(config, locate)
     if config.type == "bigquery":
         from engage.warehouse.bigquery import BigQueryWarehouse
 
-        return BigQueryWarehouse(config, space.locate)
+        return BigQueryWarehouse(config, locate)
     raise AssertionError(f"unhandled warehouse type {config.type}")

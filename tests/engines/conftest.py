@@ -188,11 +188,8 @@ def _read_outputs(project_root: Path) -> dict[str, list[dict[str, Any]]]:
         warehouse.close()
 
 
-def run_project(root: Path, engine: Engine, tables: Sequence[SourceTable]) -> Outcome:
-    """Lands `tables` on `engine`, writes a project syncing the example definitions there, runs it at
-    each of `AS_OFS`, and returns the normalized outputs."""
+def _write_config(root: Path, engine: Engine, destination: str) -> None:
     (root / "config").mkdir(parents=True)
-    shutil.copytree(REPO / "audiences" / "default", root / "audiences")
     (root / "config" / "engage.yaml").write_text(
         "spaces:\n"
         "  default:\n"
@@ -200,9 +197,20 @@ def run_project(root: Path, engine: Engine, tables: Sequence[SourceTable]) -> Ou
         f"    sources: [{', '.join(SOURCES)}]\n"
         "    definitions: audiences\n"
         "    destinations:\n"
-        "      warehouse: {type: warehouse, send: [identify, track]}\n"
+        f"      warehouse: {destination}\n"
         "      mem: {type: memory, send: [identify, track]}\n"
     )
+
+
+def run_project(
+    root: Path, engine: Engine, tables: Sequence[SourceTable], target: Engine | None = None
+) -> Outcome:
+    """Lands `tables` on `engine`, writes a project syncing the example definitions there, runs it at
+    each of `AS_OFS`, and returns the normalized outputs. With a `target`, the `engage_<space>` tables are
+    written into that other warehouse (the state stays with the compute)."""
+    shutil.copytree(REPO / "audiences" / "default", root / "audiences")
+    elsewhere = f", warehouse: {target.warehouse_yaml()}" if target else ""
+    _write_config(root, engine, f"{{type: warehouse, send: [identify, track]{elsewhere}}}")
     engine.land(tables)
     MemoryConnector.sent.clear()
     outcome = Outcome()
@@ -217,6 +225,12 @@ def run_project(root: Path, engine: Engine, tables: Sequence[SourceTable]) -> Ou
         outcome.messages.append(normal(message))
     outcome.messages.sort(key=lambda m: (m["messageId"], m["type"]))
     outcome.tables = _read_outputs(root)
+    if target is not None:
+        reader = root / "target"
+        _write_config(reader, target, "{type: memory}")
+        written = _read_outputs(reader)
+        assert "_engage_state" not in written, "the state stays in the warehouse that computes"
+        outcome.tables = {**written, "_engage_state": outcome.tables["_engage_state"]}
     return outcome
 
 

@@ -97,3 +97,18 @@ def test_bigquery_equals_duckdb(
 ) -> None:
     outcome = run_project(tmp_path / "project", BigQueryEngine(bigquery_endpoint), demo_tables)
     assert_same(duckdb_outcome, outcome, "bigquery")
+
+
+@pytest.mark.postgres
+def test_computing_in_duckdb_and_writing_into_postgres_equals_duckdb(
+    tmp_path: Path,
+    demo_tables: list[SourceTable],
+    duckdb_outcome: Outcome,
+    postgres_database: tuple[PostgresServer, str],
+) -> None:
+    """Cross-warehouse: only the changes stream from DuckDB into PostgreSQL's `engage_default` tables."""
+    server, database = postgres_database
+    root = tmp_path / "project"
+    target = PostgresEngine(server, database)
+    outcome = run_project(root, DuckDBEngine(root / "warehouse.duckdb"), demo_tables, target)
+    assert_same(duckdb_outcome, outcome, "duckdb → postgres")
