@@ -55,8 +55,9 @@ class WarehouseConnector(Connector):
         try:
             writer = TableWriter(delivery, target)
             writer.prepare()
+            staged = writer.stage()
             with target.transaction():
-                return writer.write()
+                return writer.write(staged)
         finally:
             target.close()
 
@@ -110,52 +111,54 @@ class TableWriter:
             for key in sorted(with_values & key_types.keys() - existing.keys()):
                 self.warehouse.add_column(self.schema, table, key, sql_type(key_types[key]))
 
-    def write(self) -> int:
-        """Inserts and upserts only: `prepare` made every table and column they need."""
+    def _plan(self) -> list[tuple[str, exp.Query, dict[str, str]]]:
+        """(table, rows to write, key columns the table has) of every table, in writing order."""
         keys = {
             table: {
                 k: t for k, t in key_types.items() if k in self.warehouse.table_columns(self.schema, table)
             }
             for table, _, key_types in self._tables()
         }
-        written = 0
+        plan = []
         if "identify" in self.delivery.send:
-            written += self._insert(
-                "identifies", self._rows("identifies", self.rows.identifies(keys["identifies"]))
-            )
-            self._upsert_users(keys["users"])
+            plan.append(("identifies", self.rows.identifies(keys["identifies"]), keys["identifies"]))
+            plan.append(("users", self.rows.users(keys["users"]), keys["users"]))
         if "track" in self.delivery.send:
-            written += self._insert("tracks", self._rows("tracks", self.rows.tracks()))
+            plan.append(("tracks", self.rows.tracks(), {}))
             for call, event, label, _ in self._events():
                 table = snakecase(event)
-                self._insert(table, self._rows(table, self.rows.tracks(call, label, keys[table])))
-        return written
+                plan.append((table, self.rows.tracks(call, label, keys[table]), keys[table]))
+        return plan
 
-    def _rows(self, table: str, query: exp.Query, types: dict[str, str] | None = None) -> exp.Query:
-        """The rows to write, as a query the target can run: `query` itself when the target computed the
-        changes; else a staging table of the target, filled with `query`'s result in batches."""
-        if self.warehouse is self.source:
-            return query
-        known = {
-            **dict(TRACK_COLUMNS),
-            "audience_key": "varchar",
-            "trait_key": "varchar",
-            **self.rows.key_types(),
-        }
-        columns = [(c, (types or {}).get(c) or known[c]) for c in query.named_selects]
-        stage = f"__engage_stage_{table}"
-        empty = exp.select(*(exp.alias_(exp.cast(exp.null(), sql_type(t)), c) for c, t in columns)).where(
-            exp.false()
-        )
-        self.warehouse.create_temp_table(stage, empty)
-        insert = exp.insert(
-            exp.Values(expressions=[exp.Tuple(expressions=[exp.Placeholder() for _ in columns])]),
-            exp.table_(stage),
-            columns=[c for c, _ in columns],
-        )
-        for _, batch in self.source.fetch_batches(query, BATCH_ROWS):
-            self.warehouse.executemany(insert, batch)
-        return exp.select(*(c for c, _ in columns)).from_(stage)
+    def stage(self) -> dict[str, exp.Query]:
+        """Another warehouse only, before its transaction: each table's changed rows, streamed from the
+        computing warehouse in batches into a staging table there. Returns a query of each."""
+        staged: dict[str, exp.Query] = {}
+        for table, query, keys in self._plan():
+            changed = {f"__changed_{key}": "bigint" for key in keys}
+            known = {**dict(TRACK_COLUMNS), "audience_key": "varchar", "trait_key": "varchar", **changed}
+            columns = [(c, known.get(c) or self.rows.key_types()[c]) for c in query.named_selects]
+            stage = f"__engage_stage_{table}"
+            empty = exp.select(*(exp.alias_(exp.cast(exp.null(), sql_type(t)), c) for c, t in columns))
+            self.warehouse.create_temp_table(stage, empty.where(exp.false()))
+            for _, batch in self.source.fetch_batches(query, BATCH_ROWS):
+                self.warehouse.load(stage, columns, batch)
+            staged[table] = exp.select(*(c for c, _ in columns)).from_(stage)
+        return staged
+
+    def write(self, staged: dict[str, exp.Query] | None = None) -> int:
+        """Inserts and upserts only (`prepare` made every table and column they need), from the changes
+        themselves, or from what `stage` put in another warehouse."""
+        written = 0
+        for table, query, keys in self._plan():
+            rows = staged[table] if staged is not None else query
+            if table == "users":
+                self._upsert_users(keys, rows)
+                continue
+            inserted = self._insert(table, rows)
+            if table in ("identifies", "tracks"):
+                written += inserted
+        return written
 
     def _insert(self, table: str, query: exp.Query) -> int:
         target = exp.table_(table, db=self.schema)
@@ -175,11 +178,10 @@ class TableWriter:
         )
         return self.warehouse.insert(exp.insert(fresh, target, columns=columns))
 
-    def _upsert_users(self, key_columns: dict[str, str]) -> None:
+    def _upsert_users(self, key_columns: dict[str, str], rows: exp.Query) -> None:
         """One row per user_id holding the latest value of every key (SPEC §5)."""
         target = exp.table_("users", db=self.schema)
-        changed = {f"__changed_{key}": "bigint" for key in key_columns}
-        source = self._rows("users", self.rows.users(key_columns), changed).subquery("s")
+        source = rows.subquery("s")
         loaded = exp.cast(exp.Literal.string(self.rows.loaded_at.isoformat(sep=" ")), "TIMESTAMP")
         missing = (
             exp.select(exp.column("id", "s"), loaded, loaded.copy())

@@ -58,6 +58,16 @@ class Warehouse(ABC):
     def executemany(self, statement: exp.Expr, rows: Sequence[Sequence[Any]]) -> None:
         """Runs a parameterized statement once per row (driver placeholders in `statement`)."""
 
+    def load(self, table: str, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]]) -> None:
+        """Appends rows from Python to a table of this connection (`columns`: name, portable type). The
+        engine's bulk path where it has one (Snowflake: write_pandas); else a parameterized executemany."""
+        insert = exp.insert(
+            exp.Values(expressions=[exp.Tuple(expressions=[exp.Placeholder() for _ in columns])]),
+            exp.table_(table),
+            columns=[name for name, _ in columns],
+        )
+        self.executemany(insert, rows)
+
     @abstractmethod
     def query_columns(self, query: exp.Query) -> dict[str, str]:
         """Column name → portable type of a query's result, without running it."""

@@ -154,6 +154,32 @@ class SnowflakeWarehouse(Warehouse):
         finally:
             cursor.close()
 
+    def load(self, table: str, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]]) -> None:
+        """Through the connector's write_pandas (a parquet file staged and copied in), not row by row."""
+        import pandas as pd
+        from snowflake.connector.pandas_tools import write_pandas
+
+        if not rows:
+            return
+        names = [name.upper() for name, _ in columns]  # as `render` stores unquoted names
+        series = {}
+        for index, (name, kind) in enumerate(columns):
+            values = [row[index] for row in rows]
+            if kind == TIMESTAMP:
+                series[name.upper()] = pd.to_datetime(
+                    pd.Series(values, dtype=object), utc=True
+                ).dt.tz_localize(None)
+            else:
+                dtype = {DOUBLE: "float64", BIGINT: "Int64", BOOLEAN: "boolean"}.get(kind, object)
+                series[name.upper()] = pd.Series(values, dtype=dtype)
+        frame = pd.DataFrame(series, columns=names)
+        try:
+            done, _, _, output = write_pandas(self._connection, frame, table.upper(), quote_identifiers=True)
+        except self._connector.Error as err:
+            raise self._translate(err, f"write_pandas into {table}") from err
+        if not done:
+            raise WarehouseError(f"snowflake: write_pandas into {table} failed: {output}")
+
     def describe(self, schemas: Sequence[str]) -> Catalog:
         if not schemas:
             return Catalog((), {})

@@ -112,3 +112,17 @@ def test_computing_in_duckdb_and_writing_into_postgres_equals_duckdb(
     target = PostgresEngine(server, database)
     outcome = run_project(root, DuckDBEngine(root / "warehouse.duckdb"), demo_tables, target)
     assert_same(duckdb_outcome, outcome, "duckdb → postgres")
+
+
+@pytest.mark.snowflake
+def test_computing_in_duckdb_and_writing_into_snowflake_equals_duckdb(
+    tmp_path: Path,
+    demo_tables: list[SourceTable],
+    duckdb_outcome: Outcome,
+    snowflake_database: dict[str, Any],
+) -> None:
+    """Cross-warehouse into Snowflake: the changes reach it through write_pandas, not row by row."""
+    root = tmp_path / "project"
+    target = SnowflakeEngine(snowflake_database)
+    outcome = run_project(root, DuckDBEngine(root / "warehouse.duckdb"), demo_tables, target)
+    assert_same(duckdb_outcome, outcome, "duckdb → snowflake")
