@@ -8,6 +8,8 @@ run relies on what every engine has, writes that skip ids already written and a 
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import time
 import uuid
@@ -172,6 +174,34 @@ class BigQueryWarehouse(Warehouse):
     def executemany(self, statement: exp.Expr, rows: Sequence[Sequence[Any]]) -> None:
         for row in rows:
             self.execute(statement, row)
+
+    def load(self, table: str, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]]) -> None:
+        """A load job of newline-delimited JSON (one job per batch, not one statement per row)."""
+        if not rows:
+            return
+        names = [name for name, _ in columns]
+        lines = [
+            json.dumps(
+                {n: v.isoformat() if isinstance(v, datetime) else v for n, v in zip(names, row, strict=True)}
+            )
+            for row in rows
+        ]
+        dataset, name = (
+            (self.config.scratch_dataset, self._scratch[table]) if table in self._scratch else ("", table)
+        )
+        bigquery = self._bigquery
+        config = bigquery.LoadJobConfig(
+            source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON,
+            write_disposition=bigquery.WriteDisposition.WRITE_APPEND,
+        )
+        try:
+            payload = io.BytesIO("\n".join(lines).encode())
+            job = self.client.load_table_from_file(
+                payload, f"{self.config.project}.{dataset}.{name}", job_config=config
+            )
+            job.result(timeout=self.config.timeout)
+        except Exception as err:
+            raise self._translate(err, f"load into {dataset}.{name}") from err
 
     def _columns(self, query: exp.Query) -> dict[str, str]:
         _, result = self._job(self.render(exp.select("*").from_(query.subquery("q")).limit(0)))

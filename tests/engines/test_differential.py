@@ -126,3 +126,14 @@ def test_computing_in_duckdb_and_writing_into_snowflake_equals_duckdb(
     target = SnowflakeEngine(snowflake_database)
     outcome = run_project(root, DuckDBEngine(root / "warehouse.duckdb"), demo_tables, target)
     assert_same(duckdb_outcome, outcome, "duckdb → snowflake")
+
+
+@pytest.mark.bigquery
+def test_computing_in_duckdb_and_writing_into_bigquery_equals_duckdb(
+    tmp_path: Path, demo_tables: list[SourceTable], duckdb_outcome: Outcome, bigquery_endpoint: Any
+) -> None:
+    """Cross-warehouse into BigQuery: the changes reach it through load jobs, not row by row."""
+    root = tmp_path / "project"
+    target = BigQueryEngine(bigquery_endpoint)
+    outcome = run_project(root, DuckDBEngine(root / "warehouse.duckdb"), demo_tables, target)
+    assert_same(duckdb_outcome, outcome, "duckdb → bigquery")
