@@ -18,6 +18,12 @@ from engage.catalog import Catalog
 from engage.warehouse.capabilities import Capabilities
 
 
+def first_line(err: BaseException) -> str:
+    """A driver error's first line: what a user reads (the rest is the driver's stack of context)."""
+    text = str(getattr(err, "message", None) or err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class Warehouse(ABC):
     """One connection to one engine. Statements are sqlglot expressions, rendered here and only here."""
 
@@ -76,9 +82,10 @@ class Warehouse(ABC):
     def describe(self, schemas: Sequence[str]) -> Catalog:
         """The tables and columns of `schemas` (missing schemas are simply absent)."""
 
-    @abstractmethod
     def table_columns(self, schema: str, table: str) -> dict[str, str]:
         """Column name → portable type for one table; empty when the table does not exist."""
+        found = self.describe([schema]).tables.get((schema, table))
+        return dict(found.columns) if found else {}
 
     @abstractmethod
     @contextmanager

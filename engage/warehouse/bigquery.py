@@ -22,7 +22,7 @@ from sqlglot import exp
 
 from engage.catalog import Catalog, Table, portable_type
 from engage.errors import Location, TransientWarehouseError, WarehouseError
-from engage.warehouse.base import Warehouse
+from engage.warehouse.base import Warehouse, first_line
 from engage.warehouse.capabilities import BIGQUERY
 from engage.warehouse.drivers import require
 
@@ -30,11 +30,6 @@ if TYPE_CHECKING:
     from engage.config import BigQueryWarehouseConfig
 
 log = logging.getLogger("engage.warehouse")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(getattr(err, "message", None) or err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 class BigQueryWarehouse(Warehouse):
@@ -116,7 +111,7 @@ class BigQueryWarehouse(Warehouse):
     # -- jobs ---------------------------------------------------------------------------------------
     def _translate(self, err: Exception, sql: str) -> WarehouseError:
         exceptions = self._exceptions
-        message = f"bigquery: {_first_line(err)}"
+        message = f"bigquery: {first_line(err)}"
         transient = (
             exceptions.ServiceUnavailable,
             exceptions.InternalServerError,
@@ -128,10 +123,10 @@ class BigQueryWarehouse(Warehouse):
         if isinstance(err, exceptions.RetryError) and err.cause is not None:  # retried until the timeout
             err = err.cause
         if isinstance(err, exceptions.Forbidden | exceptions.Unauthorized):
-            return WarehouseError(f"access denied: {_first_line(err)}", self._at("credentials_file"))
+            return WarehouseError(f"access denied: {first_line(err)}", self._at("credentials_file"))
         if not isinstance(err, exceptions.GoogleAPIError):  # the endpoint did not answer at all
             where = self.config.endpoint or "bigquery.googleapis.com"
-            return TransientWarehouseError(f"cannot reach {where}: {_first_line(err)}", self._at("endpoint"))
+            return TransientWarehouseError(f"cannot reach {where}: {first_line(err)}", self._at("endpoint"))
         return WarehouseError(f"{message}\n  in: {sql[:300]}")
 
     def _job(self, sql: str) -> Any:

@@ -14,7 +14,7 @@ from sqlglot import exp
 
 from engage.catalog import Catalog, Table, portable_type
 from engage.errors import TransientWarehouseError, WarehouseError
-from engage.warehouse.base import Warehouse
+from engage.warehouse.base import Warehouse, first_line
 from engage.warehouse.capabilities import DUCKDB
 
 log = logging.getLogger("engage.warehouse")
@@ -22,10 +22,10 @@ log = logging.getLogger("engage.warehouse")
 
 def _translate(err: duckdb.Error, sql: str) -> WarehouseError:
     """Driver errors become engage's, once, here: lock conflicts may pass on retry; the rest will not."""
-    first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    message = first_line(err)
     if isinstance(err, duckdb.TransactionException | duckdb.IOException) and "lock" in str(err).lower():
-        return TransientWarehouseError(f"duckdb: {first_line}")
-    return WarehouseError(f"duckdb: {first_line}\n  in: {sql[:300]}")
+        return TransientWarehouseError(f"duckdb: {message}")
+    return WarehouseError(f"duckdb: {message}\n  in: {sql[:300]}")
 
 
 class DuckDBWarehouse(Warehouse):
@@ -115,10 +115,6 @@ class DuckDBWarehouse(Warehouse):
     def query_columns(self, query: exp.Query) -> dict[str, str]:
         rows = self._run("DESCRIBE " + self.render(query)).fetchall()
         return {name: portable_type(kind) for name, kind, *_ in rows}
-
-    def table_columns(self, schema: str, table: str) -> dict[str, str]:
-        found = self.describe([schema]).tables.get((schema, table))
-        return dict(found.columns) if found else {}
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

@@ -17,7 +17,7 @@ from sqlglot import exp
 
 from engage.catalog import Catalog, Table, portable_type
 from engage.errors import Location, TransientWarehouseError, WarehouseError
-from engage.warehouse.base import Warehouse
+from engage.warehouse.base import Warehouse, first_line
 from engage.warehouse.capabilities import POSTGRES, REDSHIFT
 from engage.warehouse.drivers import require
 
@@ -31,11 +31,6 @@ log = logging.getLogger("engage.warehouse")
 # SQLSTATE classes worth a retry: connection exceptions, serialization failures and deadlocks,
 # insufficient resources, operator intervention (server restart).
 _TRANSIENT_STATES = ("08", "40001", "40P01", "53", "57P")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 class PostgresWarehouse(Warehouse):
@@ -78,7 +73,7 @@ class PostgresWarehouse(Warehouse):
 
     def _connection_error(self, err: BaseException) -> WarehouseError:
         """A failed connect, as one line naming the setting to fix (never the password)."""
-        message = _first_line(err)
+        message = first_line(err)
         state = getattr(err, "sqlstate", None)
         where = f"{self.config.host}:{self.config.port or self.config.default_port}"
         if state == "28P01" or "password authentication failed" in message:
@@ -112,7 +107,7 @@ class PostgresWarehouse(Warehouse):
     # -- statements ---------------------------------------------------------------------------------
     def _translate(self, err: Exception, sql: str) -> WarehouseError:
         state = getattr(err, "sqlstate", None) or ""
-        message = f"{self.config.type}: {_first_line(err)}"
+        message = f"{self.config.type}: {first_line(err)}"
         if state.startswith(_TRANSIENT_STATES):
             return TransientWarehouseError(message)
         return WarehouseError(f"{message}\n  in: {sql[:300]}")
@@ -201,10 +196,6 @@ class PostgresWarehouse(Warehouse):
             info = psycopg.adapters.types.get(column.type_code)
             found[column.name] = portable_type(info.name if info else "other")
         return found
-
-    def table_columns(self, schema: str, table: str) -> dict[str, str]:
-        found = self.describe([schema]).tables.get((schema, table))
-        return dict(found.columns) if found else {}
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

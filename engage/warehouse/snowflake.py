@@ -18,7 +18,7 @@ from sqlglot import exp
 
 from engage.catalog import BIGINT, BOOLEAN, DOUBLE, OTHER, TIMESTAMP, VARCHAR, Catalog, Table, portable_type
 from engage.errors import Location, TransientWarehouseError, WarehouseError
-from engage.warehouse.base import Warehouse
+from engage.warehouse.base import Warehouse, first_line
 from engage.warehouse.capabilities import SNOWFLAKE
 from engage.warehouse.drivers import require
 
@@ -31,11 +31,6 @@ log = logging.getLogger("engage.warehouse")
 _RESULT_TYPES = {"REAL": DOUBLE, "TEXT": VARCHAR, "BOOLEAN": BOOLEAN, "DATE": TIMESTAMP}
 # Connector error numbers worth a retry: network, and the service being busy or restarting.
 _TRANSIENT_ERRNOS = {250001, 250003, 251005, 251006, 390114, 390144, 604, 608}
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _logical(name: str) -> str:
@@ -81,7 +76,7 @@ class SnowflakeWarehouse(Warehouse):
             raise self._connection_error(err) from None
 
     def _connection_error(self, err: Any) -> WarehouseError:
-        message = getattr(err, "raw_msg", None) or _first_line(err)
+        message = getattr(err, "raw_msg", None) or first_line(err)
         errno = getattr(err, "errno", None)
         if errno in (390100, 390101, 390144) or "password" in message.lower():
             return WarehouseError(
@@ -104,7 +99,7 @@ class SnowflakeWarehouse(Warehouse):
 
     # -- statements ---------------------------------------------------------------------------------
     def _translate(self, err: Any, sql: str) -> WarehouseError:
-        message = f"snowflake: {getattr(err, 'raw_msg', None) or _first_line(err)}"
+        message = f"snowflake: {getattr(err, 'raw_msg', None) or first_line(err)}"
         if getattr(err, "errno", None) in _TRANSIENT_ERRNOS:
             return TransientWarehouseError(message)
         return WarehouseError(f"{message}\n  in: {sql[:300]}")
@@ -224,10 +219,6 @@ class SnowflakeWarehouse(Warehouse):
             else:
                 found[_logical(column.name)] = _RESULT_TYPES.get(name, OTHER)
         return found
-
-    def table_columns(self, schema: str, table: str) -> dict[str, str]:
-        found = self.describe([schema]).tables.get((schema, table))
-        return dict(found.columns) if found else {}
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
