@@ -44,7 +44,7 @@ from engage.definitions.models import (
     Window,
 )
 from engage.identity import ProfileResolver
-from engage.warehouse.capabilities import CANONICAL, Capabilities
+from engage.warehouse.capabilities import CANONICAL, Capabilities, for_engine
 
 Kind = Literal["audience", "trait", "sql_trait"]
 # Columns every row of an own-pass query carries already.
@@ -118,15 +118,13 @@ class CompiledSpace:
 
     def statements(self, pretty: bool = True) -> list[tuple[str, str]]:
         """(title, SQL) pairs in the engine's dialect, as `engage compile` prints them."""
-        dialect = self.caps.dialect
-        rendered = [
-            (
-                f"SQL trait {s.definition.key} → {s.table}",
-                s.query.sql(dialect=dialect, pretty=pretty, identify=True),
-            )
-            for s in self.sql_traits
-        ]
-        rendered.append(("current values", self.query.sql(dialect=dialect, pretty=pretty, identify=True)))
+
+        def render(statement: exp.Expr) -> str:
+            engine_ready = for_engine(self.caps, statement)
+            return engine_ready.sql(dialect=self.caps.dialect, pretty=pretty, identify=True)
+
+        rendered = [(f"SQL trait {s.definition.key} → {s.table}", render(s.query)) for s in self.sql_traits]
+        rendered.append(("current values", render(self.query)))
         return rendered
 
 

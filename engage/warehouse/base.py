@@ -15,7 +15,7 @@ from sqlglot import exp
 from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
 from engage.catalog import Catalog
-from engage.warehouse.capabilities import Capabilities
+from engage.warehouse.capabilities import Capabilities, for_engine
 
 
 def first_line(err: BaseException) -> str:
@@ -40,6 +40,7 @@ class Warehouse(ABC):
         return self.capabilities.dialect
 
     def render(self, statement: exp.Expr) -> str:
+        statement = for_engine(self.capabilities, statement)
         if self.capabilities.identifiers == "upper":
             statement = normalize_identifiers(statement.copy(), dialect=self.dialect)
         return statement.sql(dialect=self.dialect, identify=True)

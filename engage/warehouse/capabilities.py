@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from sqlglot import exp
+
 from engage.errors import InputError
 
 # How a "latest/first value by (timestamp, received_at, id)" aggregate is written:
@@ -53,6 +55,8 @@ class Capabilities:
     timestamp_type: str = "TIMESTAMP"
     # Adding seconds to a timestamp: DATE_ADD on BigQuery returns a DATE, so it needs TIMESTAMP_ADD.
     add_seconds: Literal["date_add", "timestamp_add"] = "date_add"
+    # A bare VARCHAR is VARCHAR(256) on Redshift: engage's text (state values, JSON lists) must not be cut.
+    unbounded_text: bool = False
 
 
 DUCKDB = Capabilities(dialect="duckdb")
@@ -69,6 +73,7 @@ REDSHIFT = Capabilities(
     pick="window",
     sorted_set="listagg",
     try_cast=False,
+    unbounded_text=True,
 )
 SNOWFLAKE = Capabilities(
     dialect="snowflake",
@@ -107,3 +112,17 @@ def capabilities_for(dialect: str) -> Capabilities:
     except KeyError:
         known = ", ".join(sorted(BY_DIALECT))
         raise InputError(f"unknown dialect '{dialect}' (known: {known})") from None
+
+
+def for_engine(caps: Capabilities, statement: exp.Expr) -> exp.Expr:
+    """The rewrites every statement gets on its way to the engine: bare VARCHARs become unbounded text
+    where a bare VARCHAR has a length limit (Redshift)."""
+    if not caps.unbounded_text:
+        return statement
+
+    def unbounded(node: exp.Expr) -> exp.Expr:
+        if isinstance(node, exp.DataType) and node.this == exp.DataType.Type.VARCHAR and not node.expressions:
+            return exp.DataType.build("TEXT")
+        return node
+
+    return statement.transform(unbounded)

@@ -112,21 +112,21 @@ WITH "scan_identifies" AS (
       LISTAGG(
         DISTINCT CASE
           WHEN NOT "e"."category" IS NULL
-          THEN '"' || REPLACE(REPLACE(CAST("e"."category" AS VARCHAR), '\\', '\\\\'), '"', '\\"') || '"'
+          THEN '"' || REPLACE(REPLACE(CAST("e"."category" AS VARCHAR(MAX)), '\\', '\\\\'), '"', '\\"') || '"'
         END,
         ','
       ) WITHIN GROUP (ORDER BY
         CASE
           WHEN NOT "e"."category" IS NULL
-          THEN '"' || REPLACE(REPLACE(CAST("e"."category" AS VARCHAR), '\\', '\\\\'), '"', '\\"') || '"'
+          THEN '"' || REPLACE(REPLACE(CAST("e"."category" AS VARCHAR(MAX)), '\\', '\\\\'), '"', '\\"') || '"'
         END),
       ''
     ) || ']' AS "a1",
     SUM(
       CASE
         WHEN CASE
-          WHEN CAST("e"."category" AS VARCHAR) ~ '^\\s*[-+]?([0-9]+\\.?[0-9]*|\\.[0-9]+)([eE][-+]?[0-9]+)?\\s*$'
-          THEN CAST(CAST("e"."category" AS VARCHAR) AS DOUBLE PRECISION)
+          WHEN CAST("e"."category" AS VARCHAR(MAX)) ~ '^\\s*[-+]?([0-9]+\\.?[0-9]*|\\.[0-9]+)([eE][-+]?[0-9]+)?\\s*$'
+          THEN CAST(CAST("e"."category" AS VARCHAR(MAX)) AS DOUBLE PRECISION)
         END < 10
         THEN 1
         ELSE 0
@@ -283,7 +283,7 @@ WITH "scan_identifies" AS (
   QUALIFY
     ROW_NUMBER() OVER (
       PARTITION BY "__profile"
-      ORDER BY "n" DESC NULLS LAST, CAST("value" AS VARCHAR) ASC
+      ORDER BY "n" DESC NULLS LAST, CAST("value" AS VARCHAR(MAX)) ASC
     ) = 1
 ), "latest_1" AS (
   SELECT
