@@ -188,6 +188,15 @@ def test_redshift_sql_avoids_what_redshift_lacks(tmp_path: Path) -> None:
     assert re.search(r"LISTAGG\(\s*DISTINCT", sql) and "ROW_NUMBER() OVER" in sql
 
 
+def test_bigquery_sql_compares_timestamps_with_timestamps(tmp_path: Path) -> None:
+    """BigQuery's event columns are TIMESTAMP, and real BigQuery refuses to compare one with a DATETIME
+    (sqlglot's spelling of TIMESTAMP) or to DATE_ADD it; its emulator accepts both, so this is checked here."""
+    space = compiled(tmp_path, SPACE + EVERY_TRAIT, "website", "ios", dialect="bigquery")
+    ((_, sql),) = space.statements()
+    assert "DATETIME" not in sql and "DATE_ADD(" not in sql
+    assert "CAST('2024-03-01 12:00:00' AS TIMESTAMP)" in sql and "TIMESTAMP_ADD(" in sql
+
+
 @pytest.mark.parametrize("dialect", ["postgres", "redshift", "snowflake", "bigquery", "databricks"])
 def test_other_dialects_render_sql_that_parses_back(tmp_path: Path, dialect: str) -> None:
     space = compiled(tmp_path, SPACE, dialect=dialect)
