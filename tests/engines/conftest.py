@@ -7,7 +7,6 @@ syncs the repository's example definitions (every condition kind and trait type 
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from collections.abc import Iterator, Sequence
@@ -292,8 +291,3 @@ def bigquery_endpoint() -> Iterator[Any]:
 
     with running_emulator(DEFAULT_CACHE_DIR) as endpoint:
         yield endpoint
-
-
-def dump(outcome: Outcome) -> str:
-    """For assertion messages: a short, readable diff anchor."""
-    return json.dumps(outcome.summaries, indent=1)[:2000]

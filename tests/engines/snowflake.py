@@ -2,7 +2,7 @@
 
 `fakesnow_server` starts fakesnow's HTTP server (the one the real connector logs in to and sends queries
 to) on a free 127.0.0.1 port and yields the connect kwargs for it. `fresh_database` gives each test its own
-database on that server, and `fake_snowflake` does both. `connect` opens a connection from such settings,
+database on that server. `connect` opens a connection from such settings,
 `load_rows` lands rows in a table with the connector's own `write_pandas` (PUT to a stage, then COPY INTO),
 and `query` runs SQL and returns plain tuples.
 
@@ -147,13 +147,6 @@ def fresh_database(
             for (found,) in schemas:
                 if found.upper() != "INFORMATION_SCHEMA":
                     connection.cursor().execute(f"DROP SCHEMA IF EXISTS {quote(name, found)} CASCADE")
-
-
-@contextlib.contextmanager
-def fake_snowflake(schema: str = "PUBLIC", database: str | None = None) -> Iterator[dict[str, Any]]:
-    """A running fakesnow server and a fresh database on it: yields the connect kwargs for both."""
-    with fakesnow_server() as server, fresh_database(server, schema, database) as settings:
-        yield settings
 
 
 def connect(settings: Mapping[str, Any], **overrides: Any) -> SnowflakeConnection:
