@@ -45,4 +45,5 @@ class DuckDBConnector(Connector):
         TableWriter(delivery).prepare()
 
     def deliver(self, delivery: Delivery) -> int:
-        return TableWriter(delivery).write()
+        writer = TableWriter(delivery)
+        return writer.write(writer.plan())

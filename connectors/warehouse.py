@@ -8,6 +8,10 @@ staging tables, and the same SQL moves them into place in one transaction of tha
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
 from pydantic import BaseModel, ConfigDict
 from sqlglot import exp
 
@@ -20,6 +24,18 @@ from engage.warehouse import connect
 from engage.warehouse.base import Warehouse
 
 BATCH_ROWS = 5_000  # rows per round trip when the changes cross to another warehouse
+Plan = list[tuple[str, exp.Query, dict[str, str]]]  # (table, rows to write, key columns the table has)
+
+
+@dataclass(frozen=True)
+class _Table:
+    """One `engage_<space>` table: its standard columns, the key columns it may get, and its rows given
+    the key columns it has."""
+
+    name: str
+    standard: list[tuple[str, str]]
+    key_types: dict[str, str]
+    rows: Callable[[dict[str, str]], exp.Query]
 
 
 class WarehouseOptions(BaseModel):
@@ -46,7 +62,8 @@ class WarehouseConnector(Connector):
     def deliver(self, delivery: Delivery) -> int:
         config = self._target
         if config is None:
-            return TableWriter(delivery).write()
+            writer = TableWriter(delivery)
+            return writer.write(writer.plan())
 
         def locate(*field: str) -> Location:
             return self.space.locate("destinations", self.destination, *field)
@@ -55,9 +72,10 @@ class WarehouseConnector(Connector):
         try:
             writer = TableWriter(delivery, target)
             writer.prepare()
-            staged = writer.stage()
+            plan = writer.plan()
+            staged = writer.stage(plan)
             with target.transaction():
-                return writer.write(staged)
+                return writer.write(plan, staged)
         finally:
             target.close()
 
@@ -76,18 +94,19 @@ class TableWriter:
         self.schema = delivery.schema
         self.rows: WarehouseRows = delivery.rows
 
-    def _tables(self) -> list[tuple[str, list[tuple[str, str]], dict[str, str]]]:
-        """(table, standard columns, key → type) of every table this delivery writes."""
+    def _tables(self) -> list[_Table]:
+        """Every table this delivery writes, in writing order."""
         tables = []
         if "identify" in self.delivery.send:
-            tables.append(("identifies", STANDARD_COLUMNS, self.rows.key_types()))
-            tables.append(("users", USERS_COLUMNS, self.rows.key_types()))
+            key_types = self.rows.key_types()
+            tables.append(_Table("identifies", STANDARD_COLUMNS, key_types, self.rows.identifies))
+            tables.append(_Table("users", USERS_COLUMNS, key_types, self.rows.users))
         if "track" in self.delivery.send:
-            tables.append(("tracks", TRACK_COLUMNS, {}))
-            for _, event, label, kinds in self._events():
-                tables.append(
-                    (snakecase(event), [*TRACK_COLUMNS, (label, "varchar")], self.rows.key_types(kinds))
-                )
+            tables.append(_Table("tracks", TRACK_COLUMNS, {}, lambda _: self.rows.tracks()))
+            for call, event, label, kinds in self._events():
+                standard = [*TRACK_COLUMNS, (label, "varchar")]
+                rows = partial(self.rows.tracks, call, label)
+                tables.append(_Table(snakecase(event), standard, self.rows.key_types(kinds), rows))
         return tables
 
     def _events(self) -> list[tuple[str, str, str, tuple[str, ...]]]:
@@ -105,39 +124,36 @@ class TableWriter:
         schema, the tables, and a column for each key whose first non-null value arrives in this run."""
         self.warehouse.ensure_schema(self.schema)
         with_values = {r[0] for r in self.source.fetchall(self.rows.keys_with_values())}
-        for table, standard, key_types in self._tables():
-            self.warehouse.ensure_table(self.schema, table, [(c, sql_type(t)) for c, t in standard])
-            existing = self.warehouse.table_columns(self.schema, table)
-            for key in sorted(with_values & key_types.keys() - existing.keys()):
-                self.warehouse.add_column(self.schema, table, key, sql_type(key_types[key]))
+        for table in self._tables():
+            columns = [(c, sql_type(t)) for c, t in table.standard]
+            self.warehouse.ensure_table(self.schema, table.name, columns)
+            existing = self.warehouse.table_columns(self.schema, table.name)
+            for key in sorted(with_values & table.key_types.keys() - existing.keys()):
+                self.warehouse.add_column(self.schema, table.name, key, sql_type(table.key_types[key]))
 
-    def _plan(self) -> list[tuple[str, exp.Query, dict[str, str]]]:
-        """(table, rows to write, key columns the table has) of every table, in writing order."""
-        keys = {
-            table: {
-                k: t for k, t in key_types.items() if k in self.warehouse.table_columns(self.schema, table)
-            }
-            for table, _, key_types in self._tables()
-        }
+    def plan(self) -> Plan:
+        """(table, rows to write, key columns the table has) of every table, in writing order; after
+        `prepare`, which adds the key columns."""
         plan = []
-        if "identify" in self.delivery.send:
-            plan.append(("identifies", self.rows.identifies(keys["identifies"]), keys["identifies"]))
-            plan.append(("users", self.rows.users(keys["users"]), keys["users"]))
-        if "track" in self.delivery.send:
-            plan.append(("tracks", self.rows.tracks(), {}))
-            for call, event, label, _ in self._events():
-                table = snakecase(event)
-                plan.append((table, self.rows.tracks(call, label, keys[table]), keys[table]))
+        for table in self._tables():
+            existing = self.warehouse.table_columns(self.schema, table.name)
+            keys = {k: t for k, t in table.key_types.items() if k in existing}
+            plan.append((table.name, table.rows(keys), keys))
         return plan
 
-    def stage(self) -> dict[str, exp.Query]:
+    def stage(self, plan: Plan) -> dict[str, exp.Query]:
         """Another warehouse only, before its transaction: each table's changed rows, streamed from the
         computing warehouse in batches into a staging table there. Returns a query of each."""
+        types = {
+            **dict(TRACK_COLUMNS),
+            "audience_key": "varchar",
+            "trait_key": "varchar",
+            **self.rows.key_types(),
+        }
         staged: dict[str, exp.Query] = {}
-        for table, query, keys in self._plan():
+        for table, query, keys in plan:
             changed = {f"__changed_{key}": "bigint" for key in keys}
-            known = {**dict(TRACK_COLUMNS), "audience_key": "varchar", "trait_key": "varchar", **changed}
-            columns = [(c, known.get(c) or self.rows.key_types()[c]) for c in query.named_selects]
+            columns = [(c, changed.get(c) or types[c]) for c in query.named_selects]
             stage = f"__engage_stage_{table}"
             empty = exp.select(*(exp.alias_(exp.cast(exp.null(), sql_type(t)), c) for c, t in columns))
             self.warehouse.create_temp_table(stage, empty.where(exp.false()))
@@ -146,11 +162,11 @@ class TableWriter:
             staged[table] = exp.select(*(c for c, _ in columns)).from_(stage)
         return staged
 
-    def write(self, staged: dict[str, exp.Query] | None = None) -> int:
+    def write(self, plan: Plan, staged: dict[str, exp.Query] | None = None) -> int:
         """Inserts and upserts only (`prepare` made every table and column they need), from the changes
         themselves, or from what `stage` put in another warehouse."""
         written = 0
-        for table, query, keys in self._plan():
+        for table, query, keys in plan:
             rows = staged[table] if staged is not None else query
             if table == "users":
                 self._upsert_users(keys, rows)
@@ -160,21 +176,23 @@ class TableWriter:
                 written += inserted
         return written
 
+    def _not_written(self, table: str, source: str) -> exp.Expr:
+        """No row of `table` has the id of the `source` row yet (ids are deterministic, so a replayed
+        run finds its rows already written)."""
+        written = (
+            exp.select(exp.Literal.number(1))
+            .from_(exp.table_(table, db=self.schema, alias="t"))
+            .where(exp.column("id", "t").eq(exp.column("id", source)))
+        )
+        return exp.not_(exp.Exists(this=written))
+
     def _insert(self, table: str, query: exp.Query) -> int:
         target = exp.table_(table, db=self.schema)
         columns = query.named_selects
         fresh = (
             exp.select(*(exp.column(c, "s") for c in columns))
             .from_(query.subquery("s"))
-            .where(
-                exp.not_(
-                    exp.Exists(
-                        this=exp.select(exp.Literal.number(1))
-                        .from_(exp.table_(table, db=self.schema, alias="t"))
-                        .where(exp.column("id", "t").eq(exp.column("id", "s")))
-                    )
-                )
-            )
+            .where(self._not_written(table, "s"))
         )
         return self.warehouse.insert(exp.insert(fresh, target, columns=columns))
 
@@ -186,15 +204,7 @@ class TableWriter:
         missing = (
             exp.select(exp.column("id", "s"), loaded, loaded.copy())
             .from_(source)
-            .where(
-                exp.not_(
-                    exp.Exists(
-                        this=exp.select(exp.Literal.number(1))
-                        .from_(exp.table_("users", db=self.schema, alias="u"))
-                        .where(exp.column("id", "u").eq(exp.column("id", "s")))
-                    )
-                )
-            )
+            .where(self._not_written("users", "s"))
         )
         self.warehouse.execute(exp.insert(missing, target, columns=["id", "received_at", "uuid_ts"]))
         assignments = [
