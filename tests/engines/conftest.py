@@ -249,8 +249,8 @@ def duckdb_outcome(tmp_path_factory: pytest.TempPathFactory, demo_tables: list[S
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
-    with running_postgres(tmp_path_factory.mktemp("pg")) as server:
+def postgres_server() -> Iterator[PostgresServer]:
+    with running_postgres() as server:
         yield server
 
 

@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -154,8 +155,11 @@ def _reachable(server: PostgresServer) -> bool:
 
 
 @contextmanager
-def running_postgres(scratch: Path) -> Iterator[PostgresServer]:
-    """The server named by ENGAGE_TEST_POSTGRES when it answers, else a new cluster, stopped afterwards."""
+def running_postgres() -> Iterator[PostgresServer]:
+    """The server named by ENGAGE_TEST_POSTGRES when it answers, else a new cluster, stopped afterwards.
+
+    The cluster's folder is a fresh one under the system temporary directory: the server user must be able
+    to reach it, which a root-only pytest temporary folder does not allow."""
     named = os.environ.get(ENV)
     if named:
         host, port, password = named.split(":", 2)
@@ -163,7 +167,7 @@ def running_postgres(scratch: Path) -> Iterator[PostgresServer]:
         if _reachable(server):
             yield server
             return
-    folder = scratch / f"pg-{uuid.uuid4().hex[:8]}"
+    folder = Path(tempfile.mkdtemp(prefix="engage-pg-"))
     server = start(folder)
     try:
         yield server
