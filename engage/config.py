@@ -60,8 +60,8 @@ class PostgresWarehouseConfig(_Model):
     connect_timeout: int = Field(default=10, gt=0)  # seconds
 
     @property
-    def default_port(self) -> int:
-        return 5439 if self.type == "redshift" else 5432
+    def resolved_port(self) -> int:
+        return self.port or (5439 if self.type == "redshift" else 5432)
 
 
 class SnowflakeWarehouseConfig(_Model):

@@ -25,6 +25,10 @@ def connect(
 ) -> Warehouse:
     """Connects to a warehouse; `locate("warehouse", field)` names a setting in errors. Drivers are imported
     only when their engine is used."""
+
+    def setting(field: str) -> Location:
+        return locate("warehouse", field)
+
     if config.type == "duckdb":
         from engage.warehouse.duckdb import DuckDBWarehouse
 
@@ -37,13 +41,13 @@ def connect(
     if config.type in ("postgres", "redshift"):
         from engage.warehouse.postgres import PostgresWarehouse
 
-        return PostgresWarehouse(config, locate)
+        return PostgresWarehouse(config, setting)
     if config.type == "snowflake":
         from engage.warehouse.snowflake import SnowflakeWarehouse
 
-        return SnowflakeWarehouse(config, locate)
+        return SnowflakeWarehouse(config, setting)
     if config.type == "bigquery":
         from engage.warehouse.bigquery import BigQueryWarehouse
 
-        return BigQueryWarehouse(config, locate)
+        return BigQueryWarehouse(config, setting)
     raise AssertionError(f"unhandled warehouse type {config.type}")

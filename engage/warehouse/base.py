@@ -7,7 +7,7 @@ Engines differ in capability flags, never in `if dialect == …` branches in the
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -15,7 +15,17 @@ from sqlglot import exp
 from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
 from engage.catalog import Catalog
+from engage.errors import Location
 from engage.warehouse.capabilities import Capabilities, for_engine
+
+# Where a warehouse setting is in the user's config (`config/engage.yaml:7: ….warehouse.password`), for
+# errors that name the setting to fix.
+Setting = Callable[[str], Location]
+
+
+def empty_result(query: exp.Query) -> exp.Select:
+    """`query` returning no row: its column names and types, at no cost."""
+    return exp.select("*").from_(query.subquery("q")).limit(0)
 
 
 def first_line(err: BaseException) -> str:

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 from sqlglot import exp
 
 from engage.catalog import Catalog, Table, portable_type
-from engage.errors import Location, TransientWarehouseError, WarehouseError
-from engage.warehouse.base import Warehouse, first_line
+from engage.errors import TransientWarehouseError, WarehouseError
+from engage.warehouse.base import Setting, Warehouse, empty_result, first_line
 from engage.warehouse.capabilities import BIGQUERY
 from engage.warehouse.drivers import require
 
@@ -35,9 +35,9 @@ log = logging.getLogger("engage.warehouse")
 class BigQueryWarehouse(Warehouse):
     capabilities = BIGQUERY
 
-    def __init__(self, config: BigQueryWarehouseConfig, locate: Any) -> None:
+    def __init__(self, config: BigQueryWarehouseConfig, setting: Setting) -> None:
         self.config = config
-        self._locate = locate
+        self._setting = setting
         self._bigquery = require("google.cloud.bigquery", "bigquery")
         self._exceptions = require("google.api_core.exceptions", "bigquery")
         self._scratch: dict[str, str] = {}  # bare name → table name in the scratch dataset
@@ -71,12 +71,8 @@ class BigQueryWarehouse(Warehouse):
             raise WarehouseError(
                 "no credentials: set credentials_file, or application default credentials"
                 " (GOOGLE_APPLICATION_CREDENTIALS)",
-                self._at("credentials_file"),
+                self._setting("credentials_file"),
             ) from None
-
-    def _at(self, field: str) -> Location:
-        located: Location = self._locate("warehouse", field)
-        return located
 
     @property
     def location(self) -> str:
@@ -84,7 +80,7 @@ class BigQueryWarehouse(Warehouse):
 
     def render(self, statement: exp.Expr) -> str:
         """Bare names of this connection's scratch tables become the scratch dataset's tables (keeping the
-        bare name as alias, so column qualifiers still resolve); parameters become typed literals."""
+        bare name as alias, so column qualifiers still resolve)."""
 
         def rewrite(node: exp.Expr) -> exp.Expr:
             if isinstance(node, exp.Table) and not node.db and node.name in self._scratch:
@@ -111,7 +107,8 @@ class BigQueryWarehouse(Warehouse):
     # -- jobs ---------------------------------------------------------------------------------------
     def _translate(self, err: Exception, sql: str) -> WarehouseError:
         exceptions = self._exceptions
-        message = f"bigquery: {first_line(err)}"
+        if isinstance(err, exceptions.RetryError) and err.cause is not None:  # retried until the timeout
+            err = err.cause
         transient = (
             exceptions.ServiceUnavailable,
             exceptions.InternalServerError,
@@ -119,24 +116,27 @@ class BigQueryWarehouse(Warehouse):
             exceptions.GatewayTimeout,
         )
         if isinstance(err, transient):
-            return TransientWarehouseError(message)
-        if isinstance(err, exceptions.RetryError) and err.cause is not None:  # retried until the timeout
-            err = err.cause
+            return TransientWarehouseError(f"bigquery: {first_line(err)}")
         if isinstance(err, exceptions.Forbidden | exceptions.Unauthorized):
-            return WarehouseError(f"access denied: {first_line(err)}", self._at("credentials_file"))
+            return WarehouseError(f"access denied: {first_line(err)}", self._setting("credentials_file"))
         if not isinstance(err, exceptions.GoogleAPIError):  # the endpoint did not answer at all
             where = self.config.endpoint or "bigquery.googleapis.com"
-            return TransientWarehouseError(f"cannot reach {where}: {first_line(err)}", self._at("endpoint"))
-        return WarehouseError(f"{message}\n  in: {sql[:300]}")
+            return TransientWarehouseError(
+                f"cannot reach {where}: {first_line(err)}", self._setting("endpoint")
+            )
+        return WarehouseError(f"bigquery: {first_line(err)}\n  in: {sql[:300]}")
 
-    def _job(self, sql: str) -> Any:
+    @property
+    def _bounded(self) -> dict[str, Any]:
+        """Retry and timeout arguments for API calls: nothing waits longer than `timeout`."""
         from google.api_core.retry import Retry
 
+        return {"retry": Retry(timeout=self.config.timeout), "timeout": self.config.timeout}
+
+    def _job(self, sql: str) -> Any:
         started = time.monotonic()
         try:
-            job = self.client.query(
-                sql, retry=Retry(timeout=self.config.timeout), timeout=self.config.timeout
-            )
+            job = self.client.query(sql, **self._bounded)
             result = job.result(timeout=self.config.timeout)
         except Exception as err:
             raise self._translate(err, sql) from err
@@ -171,7 +171,8 @@ class BigQueryWarehouse(Warehouse):
             self.execute(statement, row)
 
     def load(self, table: str, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]]) -> None:
-        """A load job of newline-delimited JSON (one job per batch, not one statement per row)."""
+        """Into a scratch table of this connection, by a load job of newline-delimited JSON (one job per
+        batch, not one statement per row)."""
         if not rows:
             return
         names = [name for name, _ in columns]
@@ -181,9 +182,7 @@ class BigQueryWarehouse(Warehouse):
             )
             for row in rows
         ]
-        dataset, name = (
-            (self.config.scratch_dataset, self._scratch[table]) if table in self._scratch else ("", table)
-        )
+        dataset, name = self.config.scratch_dataset, self._scratch[table]
         bigquery = self._bigquery
         config = bigquery.LoadJobConfig(
             source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON,
@@ -198,15 +197,13 @@ class BigQueryWarehouse(Warehouse):
         except Exception as err:
             raise self._translate(err, f"load into {dataset}.{name}") from err
 
-    def _columns(self, query: exp.Query) -> dict[str, str]:
-        _, result = self._job(self.render(exp.select("*").from_(query.subquery("q")).limit(0)))
+    def query_columns(self, query: exp.Query) -> dict[str, str]:
+        _, result = self._job(self.render(empty_result(query)))
         return {field.name: portable_type(field.field_type) for field in result.schema}
 
     def describe(self, schemas: Sequence[str]) -> Catalog:
         """Through the tables API (a dataset's table list, then each table's schema)."""
-        from google.api_core.retry import Retry
-
-        bounded = {"retry": Retry(timeout=self.config.timeout), "timeout": self.config.timeout}
+        bounded = self._bounded
         tables: dict[tuple[str, str], Table] = {}
         for schema in schemas:
             try:
@@ -221,17 +218,15 @@ class BigQueryWarehouse(Warehouse):
                 raise self._translate(err, f"list tables of {schema}") from err
         return Catalog(tuple(schemas), tables)
 
-    def query_columns(self, query: exp.Query) -> dict[str, str]:
-        return self._columns(query)
-
     def table_columns(self, schema: str, table: str) -> dict[str, str]:
         """From a query of the table: metadata lags behind ALTER TABLE on some servers (the emulator)."""
         try:
-            return self._columns(exp.select("*").from_(exp.table_(table, db=schema)))
-        except WarehouseError:
-            if self.describe([schema]).tables.get((schema, table)) is None:
-                return {}
-            raise
+            self.client.get_table(f"{schema}.{table}", **self._bounded)
+        except self._exceptions.NotFound:
+            return {}
+        except Exception as err:
+            raise self._translate(err, f"get table {schema}.{table}") from err
+        return self.query_columns(exp.select("*").from_(exp.table_(table, db=schema)))
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -239,7 +234,8 @@ class BigQueryWarehouse(Warehouse):
         yield
 
     def create_temp_table(self, name: str, query: exp.Query) -> None:
-        self.ensure_schema(self.config.scratch_dataset)
+        if not self._scratch:  # the connection's first scratch table
+            self.ensure_schema(self.config.scratch_dataset)
         self._scratch[name] = f"{name.strip('_')}_{self._token}"
         target = exp.table_(self._scratch[name], db=self.config.scratch_dataset)
         self.execute(exp.Create(this=target, kind="TABLE", expression=query, replace=True))

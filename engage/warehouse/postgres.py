@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from sqlglot import exp
 
 from engage.catalog import Catalog, Table, portable_type
-from engage.errors import Location, TransientWarehouseError, WarehouseError
-from engage.warehouse.base import Warehouse, first_line
+from engage.errors import TransientWarehouseError, WarehouseError
+from engage.warehouse.base import Setting, Warehouse, empty_result, first_line
 from engage.warehouse.capabilities import POSTGRES, REDSHIFT
 from engage.warehouse.drivers import require
 
@@ -34,11 +34,10 @@ _TRANSIENT_STATES = ("08", "40001", "40P01", "53", "57P")
 
 
 class PostgresWarehouse(Warehouse):
-    def __init__(self, config: PostgresWarehouseConfig, locate: Any) -> None:
-        """`locate(*field)` gives the config location of a setting, for errors that name it."""
+    def __init__(self, config: PostgresWarehouseConfig, setting: Setting) -> None:
         self.capabilities = REDSHIFT if config.type == "redshift" else POSTGRES
         self.config = config
-        self._locate = locate
+        self._setting = setting
         self._connection = self._connect()
 
     # -- connecting ---------------------------------------------------------------------------------
@@ -51,7 +50,7 @@ class PostgresWarehouse(Warehouse):
             username=config.user,
             password=config.password.get_secret_value() if config.password else None,
             host=config.host,
-            port=config.port or config.default_port,
+            port=config.resolved_port,
             database=config.database,
             query={"sslmode": config.sslmode} if config.sslmode else {},
         )
@@ -75,34 +74,32 @@ class PostgresWarehouse(Warehouse):
         """A failed connect, as one line naming the setting to fix (never the password)."""
         message = first_line(err)
         state = getattr(err, "sqlstate", None)
-        where = f"{self.config.host}:{self.config.port or self.config.default_port}"
+        where = f"{self.config.host}:{self.config.resolved_port}"
         if state == "28P01" or "password authentication failed" in message:
             return WarehouseError(
-                f"authentication failed for user {self.config.user!r}", self._at("password")
+                f"authentication failed for user {self.config.user!r}", self._setting("password")
             )
         if "no password supplied" in message:
             return WarehouseError(
-                "the server asks for a password and none is configured", self._at("password")
+                "the server asks for a password and none is configured", self._setting("password")
             )
         # A failed connect carries the server's FATAL text, not always its SQLSTATE.
         if state == "3D000" or re.search(r'database ".*" does not exist', message):
-            return WarehouseError(f"database {self.config.database!r} does not exist", self._at("database"))
+            return WarehouseError(
+                f"database {self.config.database!r} does not exist", self._setting("database")
+            )
         if state == "28000":
             return WarehouseError(
-                f"the server refused user {self.config.user!r}: {message}", self._at("user")
+                f"the server refused user {self.config.user!r}: {message}", self._setting("user")
             )
         # Refused, timed out, unknown host: nothing answered at host:port. Worth a retry later.
         reason = message.rsplit(":", 1)[-1].strip() or message
-        return TransientWarehouseError(f"cannot reach {where}: {reason}", self._at("host"))
-
-    def _at(self, field: str) -> Location:
-        located: Location = self._locate("warehouse", field)
-        return located
+        return TransientWarehouseError(f"cannot reach {where}: {reason}", self._setting("host"))
 
     @property
     def location(self) -> str:
         config = self.config
-        return f"{config.type}:{config.host}:{config.port or config.default_port}/{config.database}"
+        return f"{config.type}:{config.host}:{config.resolved_port}/{config.database}"
 
     # -- statements ---------------------------------------------------------------------------------
     def _translate(self, err: Exception, sql: str) -> WarehouseError:
@@ -188,7 +185,7 @@ class PostgresWarehouse(Warehouse):
     def query_columns(self, query: exp.Query) -> dict[str, str]:
         import psycopg
 
-        probe = exp.select("*").from_(query.subquery("q")).limit(0)
+        probe = empty_result(query)
         with self._cursor(self.render(probe)) as cursor:
             described = cursor.description or []
         found = {}
@@ -218,11 +215,7 @@ class PostgresWarehouse(Warehouse):
             )
         )
         # Temporary tables are never auto-analyzed; the diff's joins plan badly without statistics.
-        self._run_text(f"ANALYZE {exp.to_identifier(name, quoted=True).sql(dialect=self.dialect)}")
-
-    def _run_text(self, sql: str) -> None:
-        with self._cursor(sql):
-            pass
+        self.execute(exp.Analyze(tables=[exp.table_(name)]))
 
     def close(self) -> None:
         self._pooled.close()

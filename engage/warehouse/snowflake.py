@@ -7,7 +7,6 @@ name reaches Snowflake upper-case, and the catalog reads stored upper-case names
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -16,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlglot import exp
 
-from engage.catalog import BIGINT, BOOLEAN, DOUBLE, OTHER, TIMESTAMP, VARCHAR, Catalog, Table, portable_type
-from engage.errors import Location, TransientWarehouseError, WarehouseError
-from engage.warehouse.base import Warehouse, first_line
+from engage.catalog import BIGINT, BOOLEAN, DOUBLE, TIMESTAMP, Catalog, Table, portable_type
+from engage.errors import TransientWarehouseError, WarehouseError
+from engage.warehouse.base import Setting, Warehouse, empty_result, first_line
 from engage.warehouse.capabilities import SNOWFLAKE
 from engage.warehouse.drivers import require
 
@@ -27,8 +26,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("engage.warehouse")
 
-# Result column types the connector reports (constants.FIELD_ID_TO_NAME), as engage's portable types.
-_RESULT_TYPES = {"REAL": DOUBLE, "TEXT": VARCHAR, "BOOLEAN": BOOLEAN, "DATE": TIMESTAMP}
 # Connector error numbers worth a retry: network, and the service being busy or restarting.
 _TRANSIENT_ERRNOS = {250001, 250003, 251005, 251006, 390114, 390144, 604, 608}
 
@@ -41,18 +38,20 @@ def _logical(name: str) -> str:
 class SnowflakeWarehouse(Warehouse):
     capabilities = SNOWFLAKE
 
-    def __init__(self, config: SnowflakeWarehouseConfig, locate: Any) -> None:
+    def __init__(self, config: SnowflakeWarehouseConfig, setting: Setting) -> None:
         self.config = config
-        self._locate = locate
+        self._setting = setting
         self._connector = require("snowflake.connector", "snowflake")
         self._connection = self._connect()
 
     def _connect(self) -> Any:
         config = self.config
+        if config.password is None:
+            raise WarehouseError("no password configured", self._setting("password"))
         settings: dict[str, Any] = {
             "account": config.account,
             "user": config.user,
-            "password": config.password.get_secret_value() if config.password else None,
+            "password": config.password.get_secret_value(),
             "database": config.database,
             "schema": config.schema_,
             "warehouse": config.warehouse,
@@ -61,15 +60,13 @@ class SnowflakeWarehouse(Warehouse):
             "network_timeout": config.network_timeout,
             "paramstyle": "qmark",
             "application": "engage",
-            # The connector writes into the dict it is given: each connection gets its own.
-            "session_parameters": copy.deepcopy({"TIMEZONE": "UTC", "QUOTED_IDENTIFIERS_IGNORE_CASE": False}),
+            # A new dict per connection: the connector writes into the one it is given.
+            "session_parameters": {"TIMEZONE": "UTC", "QUOTED_IDENTIFIERS_IGNORE_CASE": False},
         }
         if config.host:
             settings.update(host=config.host, protocol=config.protocol)
         if config.port:
             settings["port"] = config.port
-        if config.password is None:
-            raise WarehouseError("no password configured", self._at("password"))
         try:
             return self._connector.connect(**{k: v for k, v in settings.items() if v is not None})
         except self._connector.Error as err:
@@ -80,18 +77,16 @@ class SnowflakeWarehouse(Warehouse):
         errno = getattr(err, "errno", None)
         if errno in (390100, 390101, 390144) or "password" in message.lower():
             return WarehouseError(
-                f"authentication failed for user {self.config.user!r}", self._at("password")
+                f"authentication failed for user {self.config.user!r}", self._setting("password")
             )
         if "database" in message.lower() and "does not exist" in message.lower():
-            return WarehouseError(f"database {self.config.database!r} does not exist", self._at("database"))
+            return WarehouseError(
+                f"database {self.config.database!r} does not exist", self._setting("database")
+            )
         where = self.config.host or f"{self.config.account}.snowflakecomputing.com"
         return TransientWarehouseError(
-            f"cannot reach {where}: {message}", self._at("host" if self.config.host else "account")
+            f"cannot reach {where}: {message}", self._setting("host" if self.config.host else "account")
         )
-
-    def _at(self, field: str) -> Location:
-        located: Location = self._locate("warehouse", field)
-        return located
 
     @property
     def location(self) -> str:
@@ -199,6 +194,7 @@ class SnowflakeWarehouse(Warehouse):
 
     @staticmethod
     def _portable(data_type: str, scale: int | None) -> str:
+        """A type name from information_schema or a result's description (FIXED), as engage's type."""
         if data_type.upper() in ("NUMBER", "FIXED", "DECIMAL", "NUMERIC"):
             return BIGINT if not scale else DOUBLE
         return portable_type(data_type)
@@ -206,19 +202,13 @@ class SnowflakeWarehouse(Warehouse):
     def query_columns(self, query: exp.Query) -> dict[str, str]:
         from snowflake.connector.constants import FIELD_ID_TO_NAME
 
-        probe = exp.select("*").from_(query.subquery("q")).limit(0)
+        probe = empty_result(query)
         with self._cursor(self.render(probe)) as cursor:
             described = cursor.description or []
-        found = {}
-        for column in described:
-            name = FIELD_ID_TO_NAME[column.type_code]
-            if name == "FIXED":
-                found[_logical(column.name)] = BIGINT if not column.scale else DOUBLE
-            elif name.startswith("TIMESTAMP"):
-                found[_logical(column.name)] = TIMESTAMP
-            else:
-                found[_logical(column.name)] = _RESULT_TYPES.get(name, OTHER)
-        return found
+        return {
+            _logical(column.name): self._portable(FIELD_ID_TO_NAME[column.type_code], column.scale)
+            for column in described
+        }
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
