@@ -32,7 +32,7 @@ from engage.compile.expressions import (
     timestamp,
     union_all,
 )
-from engage.compile.portable import pick
+from engage.compile.portable import first_per_profile, ordered, pick
 from engage.compile.scan import AGGREGATES_CTE, ROW, SharedScan, event_table_rows
 from engage.compile.traits import trait_value
 from engage.definitions.loader import LoadedDefinition, sql_trait_columns, sql_trait_identifier
@@ -181,32 +181,19 @@ class Compiler:
         query of its own. `keep` reads the row as `scan.column` does."""
         scan = self.scan
         if self.caps.pick != "window":
-            order = scan.order_key()
-            return scan.aggregate(
-                pick(self.caps, scan.column(value), order, keep, newest, sql_type(value_type))
-            )
+            latest = pick(self.caps, scan.column(value), scan.order_key(), keep, newest, sql_type(value_type))
+            return scan.aggregate(latest)
         needed = sorted({value, *(c.name for c in keep.find_all(exp.Column) if c.table == ROW)} - _SHARED)
         rows = union_all([self.event_rows(t, needed, ordered=True) for t in tables])
-        rank = exp.Window(
-            this=exp.RowNumber(),
-            partition_by=[exp.column(PROFILE, ROW)],
-            order=exp.Order(
-                expressions=[
-                    exp.Ordered(this=c, desc=newest, nulls_first=not newest) for c in scan.order_key()
-                ]
-            ),
+        top = first_per_profile(
+            self.caps,
+            exp.column(PROFILE, ROW),
+            scan.column(value),
+            rows.subquery(ROW),
+            ordered(scan.order_key(), newest),
+            keep,
         )
-        ranked = (
-            exp.select(
-                exp.column(PROFILE, ROW), exp.alias_(scan.column(value), "value"), exp.alias_(rank, "rank")
-            )
-            .from_(rows.subquery(ROW))
-            .where(keep)
-        )
-        name = self.add_cte(
-            "latest",
-            exp.select(PROFILE, "value").from_(ranked.subquery("ranked")).where(exp.column("rank").eq(1)),
-        )
+        name = self.add_cte("latest", top)
         self.join_profiles(name)
         return exp.column("value", name)
 

@@ -39,6 +39,32 @@ def add_seconds(caps: Capabilities, moment: exp.Expr, seconds: int) -> exp.Expr:
     return builder(this=moment, expression=exp.Literal.number(seconds), unit=exp.var("SECOND"))
 
 
+def ordered(columns: Sequence[exp.Expr], newest: bool) -> list[exp.Ordered]:
+    """`columns` newest first (else oldest first); a NULL sorts as the smallest value either way."""
+    return [exp.Ordered(this=column, desc=newest, nulls_first=not newest) for column in columns]
+
+
+def first_per_profile(
+    caps: Capabilities,
+    profile: exp.Column,
+    value: exp.Expr,
+    source: exp.Expr,
+    order: list[exp.Ordered],
+    where: exp.Expr | None = None,
+) -> exp.Select:
+    """`__profile` and `value` of each profile's first row of `source` (where `where` holds) in `order`:
+    QUALIFY where the engine has it, else a ranked subquery."""
+    rank = exp.Window(this=exp.RowNumber(), partition_by=[profile.copy()], order=exp.Order(expressions=order))
+    named = value if value.alias_or_name == "value" else exp.alias_(value, "value")
+    picked = exp.select(profile, named).from_(source)
+    if where is not None:
+        picked = picked.where(where)
+    if caps.qualify:
+        return picked.qualify(rank.eq(1))
+    ranked = picked.select(exp.alias_(rank, "rank"))
+    return exp.select(profile.name, "value").from_(ranked.subquery("ranked")).where(exp.column("rank").eq(1))
+
+
 def _array_agg(caps: Capabilities, value: exp.Expr, keep: exp.Expr, order: list[exp.Ordered]) -> exp.Expr:
     """ARRAY_AGG of `value` over the rows where `keep` holds, in `order` (no NULL element)."""
     if caps.array_nulls == "filter":
@@ -75,9 +101,8 @@ def pick(
     if caps.pick == "max_by_struct":
         key = exp.case().when(keep, exp.Struct(expressions=list(order)))
         return exp.func("ARG_MAX" if newest else "ARG_MIN", value, key)
-    keys = [exp.Ordered(this=column, desc=newest, nulls_first=not newest) for column in order]
     first = exp.Bracket(
-        this=exp.paren(_array_agg(caps, value, keep, keys)),
+        this=exp.paren(_array_agg(caps, value, keep, ordered(order, newest))),
         expressions=[exp.Literal.number(0)],
         offset=0,
         safe=True,

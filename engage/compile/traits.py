@@ -13,7 +13,7 @@ from sqlglot import exp
 
 from engage.catalog import BIGINT, DOUBLE, VARCHAR
 from engage.compile.expressions import PROFILE, TS, conjunction, sql_type, union_all
-from engage.compile.portable import sorted_set_json, text_order
+from engage.compile.portable import first_per_profile, sorted_set_json, text_order
 from engage.compile.scan import ROW
 from engage.definitions.models import TraitDefinition
 
@@ -107,27 +107,15 @@ def most_frequent(
         .group_by(exp.column(PROFILE, row), prop)
         .having(exp.Count(this=exp.Star()) >= trait.frequency)
     )
-    rank = exp.Window(
-        this=exp.RowNumber(),
-        partition_by=[exp.column(PROFILE)],
-        order=exp.Order(
-            expressions=[
-                exp.Ordered(this=exp.column("n"), desc=True),
-                exp.Ordered(
-                    this=text_order(compiler.caps, exp.cast(exp.column("value"), sql_type(VARCHAR))),
-                    desc=False,
-                ),
-            ]
+    order = [
+        exp.Ordered(this=exp.column("n"), desc=True),
+        exp.Ordered(
+            this=text_order(compiler.caps, exp.cast(exp.column("value"), sql_type(VARCHAR))), desc=False
         ),
+    ]
+    top = first_per_profile(
+        compiler.caps, exp.column(PROFILE), exp.column("value"), counts.subquery("counts"), order
     )
-    top = exp.select(exp.column(PROFILE), exp.column("value"))
-    if compiler.caps.qualify:
-        top = top.from_(counts.subquery("counts")).qualify(rank.eq(1))
-    else:
-        ranked = exp.select(exp.column(PROFILE), exp.column("value"), exp.alias_(rank, "rank")).from_(
-            counts.subquery("counts")
-        )
-        top = top.from_(ranked.subquery("ranked")).where(exp.column("rank").eq(1))
     name = compiler.add_cte("most_frequent", top)
     compiler.join_profiles(name)
     return exp.column("value", name)

@@ -287,180 +287,156 @@ WITH "scan_identifies" AS (
     ) = 1
 ), "latest_1" AS (
   SELECT
-    "__profile",
-    "value"
+    "e"."__profile",
+    "e"."currency" AS "value"
   FROM (
     SELECT
-      "e"."__profile",
-      "e"."currency" AS "value",
-      ROW_NUMBER() OVER (
-        PARTITION BY "e"."__profile"
-        ORDER BY "e"."__ts" ASC NULLS FIRST, "e"."__received_at" ASC NULLS FIRST, "e"."__id" ASC NULLS FIRST
-      ) AS "rank"
-    FROM (
-      SELECT
-        COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
-        "t"."user_id" AS "user_id",
-        "t"."timestamp" AS "__ts",
-        'order_completed' AS "__event",
-        "t"."received_at" AS "__received_at",
-        "t"."id" AS "__id",
-        "t"."currency" AS "currency"
-      FROM "website"."order_completed" AS "t"
-      WHERE
-        "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
-        AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
-      UNION ALL
-      SELECT
-        COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
-        "t"."user_id" AS "user_id",
-        "t"."timestamp" AS "__ts",
-        'order_completed' AS "__event",
-        "t"."received_at" AS "__received_at",
-        "t"."id" AS "__id",
-        "t"."currency" AS "currency"
-      FROM "ios"."order_completed" AS "t"
-      WHERE
-        "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
-        AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
-    ) AS "e"
+      COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
+      "t"."user_id" AS "user_id",
+      "t"."timestamp" AS "__ts",
+      'order_completed' AS "__event",
+      "t"."received_at" AS "__received_at",
+      "t"."id" AS "__id",
+      "t"."currency" AS "currency"
+    FROM "website"."order_completed" AS "t"
     WHERE
-      "e"."__event" = 'order_completed' AND NOT "e"."currency" IS NULL
-  ) AS "ranked"
+      "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
+      AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
+    UNION ALL
+    SELECT
+      COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
+      "t"."user_id" AS "user_id",
+      "t"."timestamp" AS "__ts",
+      'order_completed' AS "__event",
+      "t"."received_at" AS "__received_at",
+      "t"."id" AS "__id",
+      "t"."currency" AS "currency"
+    FROM "ios"."order_completed" AS "t"
+    WHERE
+      "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
+      AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
+  ) AS "e"
   WHERE
-    "rank" = 1
+    "e"."__event" = 'order_completed' AND NOT "e"."currency" IS NULL
+  QUALIFY
+    ROW_NUMBER() OVER (
+      PARTITION BY "e"."__profile"
+      ORDER BY "e"."__ts" ASC NULLS FIRST, "e"."__received_at" ASC NULLS FIRST, "e"."__id" ASC NULLS FIRST
+    ) = 1
 ), "latest_2" AS (
   SELECT
-    "__profile",
-    "value"
+    "e"."__profile",
+    "e"."currency" AS "value"
   FROM (
     SELECT
-      "e"."__profile",
-      "e"."currency" AS "value",
-      ROW_NUMBER() OVER (
-        PARTITION BY "e"."__profile"
-        ORDER BY "e"."__ts" DESC NULLS LAST, "e"."__received_at" DESC NULLS LAST, "e"."__id" DESC NULLS LAST
-      ) AS "rank"
-    FROM (
-      SELECT
-        COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
-        "t"."user_id" AS "user_id",
-        "t"."timestamp" AS "__ts",
-        'order_completed' AS "__event",
-        "t"."received_at" AS "__received_at",
-        "t"."id" AS "__id",
-        "t"."currency" AS "currency"
-      FROM "website"."order_completed" AS "t"
-      WHERE
-        "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
-        AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
-      UNION ALL
-      SELECT
-        COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
-        "t"."user_id" AS "user_id",
-        "t"."timestamp" AS "__ts",
-        'order_completed' AS "__event",
-        "t"."received_at" AS "__received_at",
-        "t"."id" AS "__id",
-        "t"."currency" AS "currency"
-      FROM "ios"."order_completed" AS "t"
-      WHERE
-        "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
-        AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
-    ) AS "e"
+      COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
+      "t"."user_id" AS "user_id",
+      "t"."timestamp" AS "__ts",
+      'order_completed' AS "__event",
+      "t"."received_at" AS "__received_at",
+      "t"."id" AS "__id",
+      "t"."currency" AS "currency"
+    FROM "website"."order_completed" AS "t"
     WHERE
-      "e"."__event" = 'order_completed' AND NOT "e"."currency" IS NULL
-  ) AS "ranked"
+      "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
+      AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
+    UNION ALL
+    SELECT
+      COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
+      "t"."user_id" AS "user_id",
+      "t"."timestamp" AS "__ts",
+      'order_completed' AS "__event",
+      "t"."received_at" AS "__received_at",
+      "t"."id" AS "__id",
+      "t"."currency" AS "currency"
+    FROM "ios"."order_completed" AS "t"
+    WHERE
+      "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
+      AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
+  ) AS "e"
   WHERE
-    "rank" = 1
+    "e"."__event" = 'order_completed' AND NOT "e"."currency" IS NULL
+  QUALIFY
+    ROW_NUMBER() OVER (
+      PARTITION BY "e"."__profile"
+      ORDER BY "e"."__ts" DESC NULLS LAST, "e"."__received_at" DESC NULLS LAST, "e"."__id" DESC NULLS LAST
+    ) = 1
 ), "latest_3" AS (
   SELECT
-    "__profile",
-    "value"
+    "e"."__profile",
+    "e"."category" AS "value"
   FROM (
     SELECT
-      "e"."__profile",
-      "e"."category" AS "value",
-      ROW_NUMBER() OVER (
-        PARTITION BY "e"."__profile"
-        ORDER BY "e"."__ts" DESC NULLS LAST, "e"."__received_at" DESC NULLS LAST, "e"."__id" DESC NULLS LAST
-      ) AS "rank"
-    FROM (
-      SELECT
-        COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
-        "t"."user_id" AS "user_id",
-        "t"."timestamp" AS "__ts",
-        'product_viewed' AS "__event",
-        "t"."received_at" AS "__received_at",
-        "t"."id" AS "__id",
-        "t"."category" AS "category"
-      FROM "website"."product_viewed" AS "t"
-      WHERE
-        "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
-        AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
-      UNION ALL
-      SELECT
-        COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
-        "t"."user_id" AS "user_id",
-        "t"."timestamp" AS "__ts",
-        'product_viewed' AS "__event",
-        "t"."received_at" AS "__received_at",
-        "t"."id" AS "__id",
-        "t"."category" AS "category"
-      FROM "ios"."product_viewed" AS "t"
-      WHERE
-        "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
-        AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
-    ) AS "e"
+      COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
+      "t"."user_id" AS "user_id",
+      "t"."timestamp" AS "__ts",
+      'product_viewed' AS "__event",
+      "t"."received_at" AS "__received_at",
+      "t"."id" AS "__id",
+      "t"."category" AS "category"
+    FROM "website"."product_viewed" AS "t"
     WHERE
-      "e"."__event" = 'product_viewed' AND NOT "e"."category" IS NULL
-  ) AS "ranked"
+      "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
+      AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
+    UNION ALL
+    SELECT
+      COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
+      "t"."user_id" AS "user_id",
+      "t"."timestamp" AS "__ts",
+      'product_viewed' AS "__event",
+      "t"."received_at" AS "__received_at",
+      "t"."id" AS "__id",
+      "t"."category" AS "category"
+    FROM "ios"."product_viewed" AS "t"
+    WHERE
+      "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
+      AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
+  ) AS "e"
   WHERE
-    "rank" = 1
+    "e"."__event" = 'product_viewed' AND NOT "e"."category" IS NULL
+  QUALIFY
+    ROW_NUMBER() OVER (
+      PARTITION BY "e"."__profile"
+      ORDER BY "e"."__ts" DESC NULLS LAST, "e"."__received_at" DESC NULLS LAST, "e"."__id" DESC NULLS LAST
+    ) = 1
 ), "latest_4" AS (
   SELECT
-    "__profile",
-    "value"
+    "e"."__profile",
+    "e"."plan" AS "value"
   FROM (
     SELECT
-      "e"."__profile",
-      "e"."plan" AS "value",
-      ROW_NUMBER() OVER (
-        PARTITION BY "e"."__profile"
-        ORDER BY "e"."__ts" DESC NULLS LAST, "e"."__received_at" DESC NULLS LAST, "e"."__id" DESC NULLS LAST
-      ) AS "rank"
-    FROM (
-      SELECT
-        COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
-        "t"."user_id" AS "user_id",
-        "t"."timestamp" AS "__ts",
-        'identifies' AS "__event",
-        "t"."received_at" AS "__received_at",
-        "t"."id" AS "__id",
-        "t"."plan" AS "plan"
-      FROM "website"."identifies" AS "t"
-      WHERE
-        "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
-        AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
-      UNION ALL
-      SELECT
-        COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
-        "t"."user_id" AS "user_id",
-        "t"."timestamp" AS "__ts",
-        'identifies' AS "__event",
-        "t"."received_at" AS "__received_at",
-        "t"."id" AS "__id",
-        "t"."plan" AS "plan"
-      FROM "ios"."identifies" AS "t"
-      WHERE
-        "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
-        AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
-    ) AS "e"
+      COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
+      "t"."user_id" AS "user_id",
+      "t"."timestamp" AS "__ts",
+      'identifies' AS "__event",
+      "t"."received_at" AS "__received_at",
+      "t"."id" AS "__id",
+      "t"."plan" AS "plan"
+    FROM "website"."identifies" AS "t"
     WHERE
-      "e"."__event" = 'identifies' AND NOT "e"."plan" IS NULL
-  ) AS "ranked"
+      "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
+      AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
+    UNION ALL
+    SELECT
+      COALESCE("t"."user_id", "t"."anonymous_id") AS "__profile",
+      "t"."user_id" AS "user_id",
+      "t"."timestamp" AS "__ts",
+      'identifies' AS "__event",
+      "t"."received_at" AS "__received_at",
+      "t"."id" AS "__id",
+      "t"."plan" AS "plan"
+    FROM "ios"."identifies" AS "t"
+    WHERE
+      "t"."timestamp" <= CAST('2024-03-01 12:00:00' AS TIMESTAMP)
+      AND NOT COALESCE("t"."user_id", "t"."anonymous_id") IS NULL
+  ) AS "e"
   WHERE
-    "rank" = 1
+    "e"."__event" = 'identifies' AND NOT "e"."plan" IS NULL
+  QUALIFY
+    ROW_NUMBER() OVER (
+      PARTITION BY "e"."__profile"
+      ORDER BY "e"."__ts" DESC NULLS LAST, "e"."__received_at" DESC NULLS LAST, "e"."__id" DESC NULLS LAST
+    ) = 1
 ), "funnel_step_5" AS (
   SELECT
     "e"."__profile",
