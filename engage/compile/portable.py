@@ -26,10 +26,9 @@ def text_order(caps: Capabilities, text: exp.Expr) -> exp.Expr:
 def to_double(caps: Capabilities, value: exp.Expr) -> exp.Expr:
     """`value` as a double, NULL when it is not a number (never an error)."""
     double = exp.DataType.build("DOUBLE")
-    if caps.try_cast:
-        # From text, so that sqlglot keeps TRY_CAST where it only accepts strings (Snowflake).
-        return exp.TryCast(this=exp.cast(value, exp.DataType.Type.VARCHAR), to=double)
     text = exp.cast(value, exp.DataType.Type.VARCHAR)
+    if caps.try_cast:  # from text, so that sqlglot keeps TRY_CAST where it only takes strings (Snowflake)
+        return exp.TryCast(this=text, to=double)
     is_number = exp.RegexpLike(this=text, expression=exp.Literal.string(NUMERIC_TEXT))
     return exp.case().when(is_number, exp.cast(text.copy(), double))
 
