@@ -32,7 +32,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,8 @@ from typing import Any
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
+
+from tests.engines.net import free_port
 
 BQEMULATOR_VERSION = "1.4.0"
 # What the emulator's venv gets. `duckdb-extension-spatial` pins the matching duckdb (1.5.5); numpy is
@@ -158,7 +159,7 @@ def running_emulator(
     with tempfile.TemporaryDirectory(prefix="bqemulator-") as work:
         log_path = Path(work) / "emulator.log"
         for attempt in range(3):
-            port = _free_port()
+            port = free_port()
             command = [
                 str(venv / "bin" / "bqemulator"),
                 "start",
@@ -270,12 +271,6 @@ def _run(command: list[str], *, env: Mapping[str, str]) -> str:
             f"{' '.join(command)} exited {result.returncode}:\n{result.stdout[-2000:]}{result.stderr[-4000:]}"
         )
     return result.stdout
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_ready(endpoint: BigQueryEndpoint, process: subprocess.Popen[bytes], timeout: float) -> bool:

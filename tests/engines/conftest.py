@@ -8,8 +8,10 @@ syncs the repository's example definitions (every condition kind and trait type 
 from __future__ import annotations
 
 import math
+import re
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -17,9 +19,12 @@ from typing import Any, Protocol
 
 import duckdb
 import pytest
+from click.testing import CliRunner
 from sqlglot import exp
 
+from engage.cli import main
 from engage.config import load_project
+from engage.definitions.loader import load_definitions
 from engage.demo import generate_demo
 from engage.sync import run_space
 from engage.warehouse import open_warehouse
@@ -163,7 +168,10 @@ def _read_outputs(project_root: Path) -> dict[str, list[dict[str, Any]]]:
     warehouse = open_warehouse(space, read_only=True)
     try:
         catalog = warehouse.describe([space.output_schema])
-        sql_traits = {"web_order_stats"}
+        sql_traits: set[str] = set()
+        if (space.output_schema, "_engage_state") in catalog.tables:  # the state is where it computed
+            loaded = load_definitions(space.definitions_dir, project.root, space.config.warehouse.type, [])
+            sql_traits = {d.key for d in loaded if d.kind == "sql_trait"}
         tables: dict[str, list[dict[str, Any]]] = {}
         for (_, name), table in sorted(catalog.tables.items()):
             if name == "_engage_runs":  # run ids and times differ by nature
@@ -285,9 +293,63 @@ def snowflake_database(
 
 
 @pytest.fixture
+def engine(request: pytest.FixtureRequest) -> Engine:
+    """The engine named by an indirect parameter (postgres, snowflake, bigquery), on a fresh database."""
+    if request.param == "postgres":
+        server, database = request.getfixturevalue("postgres_database")
+        return PostgresEngine(server, database)
+    if request.param == "snowflake":
+        return SnowflakeEngine(request.getfixturevalue("snowflake_database"))
+    assert request.param == "bigquery", request.param
+    return BigQueryEngine(request.getfixturevalue("bigquery_endpoint"))
+
+
+@pytest.fixture
 def bigquery_endpoint() -> Iterator[Any]:
     """An emulator of its own (datasets cannot be dropped between tests on a shared one)."""
     from tests.engines.bigquery import DEFAULT_CACHE_DIR, running_emulator
 
     with running_emulator(DEFAULT_CACHE_DIR) as endpoint:
         yield endpoint
+
+
+# -- what the per-engine failure tests share ----------------------------------------------------------------
+def cli(root: Path, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["--project", str(root), *args], catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+@contextmanager
+def config_restored(root: Path) -> Iterator[Path]:
+    """The project's config file, put back as it was afterwards (tests break one setting each)."""
+    config = root / "config" / "engage.yaml"
+    text = config.read_text()
+    try:
+        yield config
+    finally:
+        config.write_text(text)
+
+
+def break_config(config: Path, old: str, new: str, values: Mapping[str, object]) -> None:
+    """Replaces `old` with `new` in the config, `{name}` in either filled from `values`."""
+    for name, value in values.items():
+        old, new = old.replace(f"{{{name}}}", str(value)), new.replace(f"{{{name}}}", str(value))
+    text = config.read_text()
+    assert old in text, text
+    config.write_text(text.replace(old, new, 1))
+
+
+def assert_sync_fails_naming(
+    root: Path, field: str, says: Sequence[str], secrets: Sequence[str] = ()
+) -> None:
+    """`engage sync` exits 1 with one line, `config/engage.yaml:N: spaces.default.[warehouse.]<field>: …`,
+    saying each of `says`, and no secret anywhere."""
+    code, output = cli(root, "sync", "--space", "default")
+    assert code == 1, output
+    lines = output.strip().splitlines()
+    assert len(lines) == 1, output
+    assert re.match(rf"error: config/engage.yaml:\d+: spaces\.default\.(warehouse\.)?{field}: ", lines[0]), (
+        output
+    )
+    assert all(text in lines[0] for text in says), output
+    assert not any(secret in output for secret in secrets), output

@@ -13,7 +13,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.engines.dataset import SourceTable
+from tests.engines.net import free_port
 
 PASSWORD = "engage-test-password"
 ENV = "ENGAGE_TEST_POSTGRES"
@@ -93,13 +93,6 @@ def _bin(tool: str) -> str:
 
 def _as_server_user(command: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def start(folder: Path) -> PostgresServer:

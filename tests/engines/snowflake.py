@@ -46,7 +46,6 @@ import importlib
 import importlib.metadata
 import json
 import logging
-import socket
 import threading
 import time
 import uuid
@@ -63,6 +62,7 @@ from snowflake.connector.pandas_tools import write_pandas
 from sqlglot import exp
 
 from tests.engines.dataset import SourceTable
+from tests.engines.net import free_port
 
 # engage's portable column types (engage.catalog) as Snowflake types; any other name is used as is.
 _TYPES = {
@@ -216,13 +216,6 @@ def load_sources(connection: SnowflakeConnection, tables: Sequence[SourceTable])
     """Land every `SourceTable` (the engine-neutral dataset of tests/engines) with `load_rows`."""
     for source in tables:
         load_rows(connection, source.schema, source.name, source.columns, source.rows)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on `host` that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def _frame(

@@ -3,18 +3,21 @@ the state untouched. (The emulator takes any credentials, so a wrong key cannot 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
-from engage.cli import main
-from tests.engines.conftest import BigQueryEngine, run_project
+from tests.engines.conftest import (
+    BigQueryEngine,
+    assert_sync_fails_naming,
+    break_config,
+    config_restored,
+    run_project,
+)
 from tests.engines.dataset import SourceTable
-from tests.engines.postgres import free_port
+from tests.engines.net import free_port
 
 pytestmark = pytest.mark.bigquery
 
@@ -30,14 +33,6 @@ def project(
     with running_emulator(DEFAULT_CACHE_DIR) as endpoint:
         run_project(root, BigQueryEngine(endpoint), demo_tables)
         yield root, endpoint
-
-
-@pytest.fixture
-def synced(project: tuple[Path, Any]) -> Iterator[tuple[Path, Any]]:
-    config = project[0] / "config" / "engage.yaml"
-    text = config.read_text()
-    yield project
-    config.write_text(text)
 
 
 def _state(endpoint: Any) -> list[tuple[Any, ...]]:
@@ -59,25 +54,13 @@ def _state(endpoint: Any) -> list[tuple[Any, ...]]:
     ],
 )  # fmt: skip
 def test_failures_are_one_line_naming_the_setting(
-    synced: tuple[Path, Any], monkeypatch: pytest.MonkeyPatch, old: str, new: str, field: str, says: str
+    project: tuple[Path, Any], monkeypatch: pytest.MonkeyPatch, old: str, new: str, field: str, says: str
 ) -> None:
-    root, endpoint = synced
+    root, endpoint = project
     monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
     monkeypatch.setenv("HOME", str(root))  # no application default credentials from the machine
     before = _state(endpoint)
-    config = root / "config" / "engage.yaml"
-    values = {"{port}": str(endpoint.port), "{closed}": str(free_port())}
-    for name, value in values.items():
-        old, new = old.replace(name, value), new.replace(name, value)
-    assert old in config.read_text()
-    config.write_text(config.read_text().replace(old, new, 1))
-    result = CliRunner().invoke(
-        main, ["--project", str(root), "sync", "--space", "default"], catch_exceptions=False
-    )
-    lines = result.output.strip().splitlines()
-    assert result.exit_code == 1 and len(lines) == 1, result.output
-    assert re.match(rf"error: config/engage.yaml:\d+: spaces\.default\.(warehouse\.)?{field}: ", lines[0]), (
-        result.output
-    )
-    assert says in lines[0]
+    with config_restored(root) as config:
+        break_config(config, old, new, {"port": endpoint.port, "closed": free_port()})
+        assert_sync_fails_naming(root, field, [says])
     assert _state(endpoint) == before

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from engage.cli import main
-from tests.engines.conftest import AS_OFS, REPO, SOURCES, DuckDBEngine, normal
+from tests.engines.conftest import AS_OFS, REPO, SOURCES, BigQueryEngine, DuckDBEngine, normal
 from tests.engines.dataset import SourceTable
 
 AS_OF = AS_OFS[-1].isoformat()
@@ -133,37 +133,16 @@ def _spark_value(value: Any) -> Any:
 
 
 # -- BigQuery ----------------------------------------------------------------------------------------------
-BIGQUERY_TYPES = {"varchar": "STRING", "bigint": "INT64", "double": "FLOAT64", "boolean": "BOOL"}
-
-
-@pytest.fixture(scope="session")
-def bigquery_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from tests.engines.bigquery import DEFAULT_CACHE_DIR, client, running_emulator
-
-    with running_emulator(DEFAULT_CACHE_DIR) as endpoint:
-        yield client(endpoint)
-
-
 @pytest.mark.bigquery
 def test_bigquery_sql_runs_on_the_emulator_and_equals_duckdb(
-    project: Path, expected: Values, bigquery_client: Any, demo_tables: list[SourceTable]
+    project: Path, expected: Values, bigquery_endpoint: Any, demo_tables: list[SourceTable]
 ) -> None:
     from datetime import UTC, datetime
 
-    from google.cloud import bigquery
+    from tests.engines.bigquery import client
 
-    from tests.engines.bigquery import load_rows
-
-    for table in demo_tables:
-        schema = [bigquery.SchemaField(c, BIGQUERY_TYPES.get(k, "TIMESTAMP")) for c, k in table.columns]
-        names = [c for c, _ in table.columns]
-        load_rows(
-            bigquery_client,
-            table.schema,
-            table.name,
-            schema,
-            [dict(zip(names, r, strict=True)) for r in table.rows],
-        )
+    BigQueryEngine(bigquery_endpoint).land(demo_tables)
+    bigquery_client = client(bigquery_endpoint)
     statements = compile_for(project, "bigquery")
     script = [f"CREATE TEMP TABLE `{sql_trait_table(title)}` AS {sql};" for title, sql in statements[:-1]]
     result = bigquery_client.query("\n".join([*script, statements[-1][1]])).result()

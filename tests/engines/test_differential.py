@@ -15,16 +15,8 @@ import pytest
 
 from engage.warehouse.capabilities import DUCKDB
 from engage.warehouse.duckdb import DuckDBWarehouse
-from tests.engines.conftest import (
-    BigQueryEngine,
-    DuckDBEngine,
-    Outcome,
-    PostgresEngine,
-    SnowflakeEngine,
-    run_project,
-)
+from tests.engines.conftest import DuckDBEngine, Engine, Outcome, run_project
 from tests.engines.dataset import SourceTable
-from tests.engines.postgres import PostgresServer
 
 
 def assert_same(expected: Outcome, actual: Outcome, engine: str) -> None:
@@ -56,16 +48,31 @@ def test_the_dataset_exercises_every_transition(duckdb_outcome: Outcome) -> None
     assert {"Audience Entered", "Audience Exited", "Trait Computed"} <= events
 
 
-@pytest.mark.postgres
-def test_postgres_equals_duckdb(
-    tmp_path: Path,
-    demo_tables: list[SourceTable],
-    duckdb_outcome: Outcome,
-    postgres_database: tuple[PostgresServer, str],
+# The engines that run here besides DuckDB; each test below runs once per engine.
+ENGINES = [
+    pytest.param("postgres", marks=pytest.mark.postgres),
+    pytest.param("snowflake", marks=pytest.mark.snowflake),
+    pytest.param("bigquery", marks=pytest.mark.bigquery),
+]
+
+
+@pytest.mark.parametrize("engine", ENGINES, indirect=True)
+def test_each_engine_equals_duckdb(
+    tmp_path: Path, demo_tables: list[SourceTable], duckdb_outcome: Outcome, engine: Engine
 ) -> None:
-    server, database = postgres_database
-    outcome = run_project(tmp_path / "project", PostgresEngine(server, database), demo_tables)
-    assert_same(duckdb_outcome, outcome, "postgres")
+    outcome = run_project(tmp_path / "project", engine, demo_tables)
+    assert_same(duckdb_outcome, outcome, engine.name)
+
+
+@pytest.mark.parametrize("engine", ENGINES, indirect=True)
+def test_computing_in_duckdb_and_writing_into_another_engine_equals_duckdb(
+    tmp_path: Path, demo_tables: list[SourceTable], duckdb_outcome: Outcome, engine: Engine
+) -> None:
+    """Cross-warehouse: only the changes stream from DuckDB into the other engine's `engage_default`
+    tables (by write_pandas into Snowflake, load jobs into BigQuery, executemany into PostgreSQL)."""
+    root = tmp_path / "project"
+    outcome = run_project(root, DuckDBEngine(root / "warehouse.duckdb"), demo_tables, engine)
+    assert_same(duckdb_outcome, outcome, f"duckdb → {engine.name}")
 
 
 def test_fallbacks_for_engines_without_arrays_equal_duckdb(
@@ -78,62 +85,3 @@ def test_fallbacks_for_engines_without_arrays_equal_duckdb(
     root = tmp_path / "project"
     outcome = run_project(root, DuckDBEngine(root / "warehouse.duckdb"), demo_tables)
     assert_same(duckdb_outcome, outcome, "duckdb with fallbacks")
-
-
-@pytest.mark.snowflake
-def test_snowflake_equals_duckdb(
-    tmp_path: Path,
-    demo_tables: list[SourceTable],
-    duckdb_outcome: Outcome,
-    snowflake_database: dict[str, Any],
-) -> None:
-    outcome = run_project(tmp_path / "project", SnowflakeEngine(snowflake_database), demo_tables)
-    assert_same(duckdb_outcome, outcome, "snowflake")
-
-
-@pytest.mark.bigquery
-def test_bigquery_equals_duckdb(
-    tmp_path: Path, demo_tables: list[SourceTable], duckdb_outcome: Outcome, bigquery_endpoint: Any
-) -> None:
-    outcome = run_project(tmp_path / "project", BigQueryEngine(bigquery_endpoint), demo_tables)
-    assert_same(duckdb_outcome, outcome, "bigquery")
-
-
-@pytest.mark.postgres
-def test_computing_in_duckdb_and_writing_into_postgres_equals_duckdb(
-    tmp_path: Path,
-    demo_tables: list[SourceTable],
-    duckdb_outcome: Outcome,
-    postgres_database: tuple[PostgresServer, str],
-) -> None:
-    """Cross-warehouse: only the changes stream from DuckDB into PostgreSQL's `engage_default` tables."""
-    server, database = postgres_database
-    root = tmp_path / "project"
-    target = PostgresEngine(server, database)
-    outcome = run_project(root, DuckDBEngine(root / "warehouse.duckdb"), demo_tables, target)
-    assert_same(duckdb_outcome, outcome, "duckdb → postgres")
-
-
-@pytest.mark.snowflake
-def test_computing_in_duckdb_and_writing_into_snowflake_equals_duckdb(
-    tmp_path: Path,
-    demo_tables: list[SourceTable],
-    duckdb_outcome: Outcome,
-    snowflake_database: dict[str, Any],
-) -> None:
-    """Cross-warehouse into Snowflake: the changes reach it through write_pandas, not row by row."""
-    root = tmp_path / "project"
-    target = SnowflakeEngine(snowflake_database)
-    outcome = run_project(root, DuckDBEngine(root / "warehouse.duckdb"), demo_tables, target)
-    assert_same(duckdb_outcome, outcome, "duckdb → snowflake")
-
-
-@pytest.mark.bigquery
-def test_computing_in_duckdb_and_writing_into_bigquery_equals_duckdb(
-    tmp_path: Path, demo_tables: list[SourceTable], duckdb_outcome: Outcome, bigquery_endpoint: Any
-) -> None:
-    """Cross-warehouse into BigQuery: the changes reach it through load jobs, not row by row."""
-    root = tmp_path / "project"
-    target = BigQueryEngine(bigquery_endpoint)
-    outcome = run_project(root, DuckDBEngine(root / "warehouse.duckdb"), demo_tables, target)
-    assert_same(duckdb_outcome, outcome, "duckdb → bigquery")

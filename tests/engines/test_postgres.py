@@ -8,19 +8,21 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from engage.cli import main
-from tests.engines.conftest import AS_OFS, PostgresEngine, run_project
+from tests.engines.conftest import (
+    AS_OFS,
+    PostgresEngine,
+    assert_sync_fails_naming,
+    break_config,
+    cli,
+    config_restored,
+    run_project,
+)
 from tests.engines.dataset import SourceTable
-from tests.engines.postgres import PostgresServer, free_port
+from tests.engines.net import free_port
+from tests.engines.postgres import PostgresServer
 
 pytestmark = pytest.mark.postgres
-
-
-def _cli(root: Path, *args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, ["--project", str(root), *args], catch_exceptions=False)
-    return result.exit_code, result.output
 
 
 def _state(server: PostgresServer, database: str) -> list[tuple[object, ...]]:
@@ -48,7 +50,7 @@ def synced(
 def test_a_sync_with_no_new_data_sends_nothing(synced: tuple[Path, PostgresServer, str]) -> None:
     root, server, database = synced
     before = _state(server, database)
-    code, output = _cli(root, "sync", "--space", "default", "--as-of", AS_OFS[-1].isoformat(), "--json")
+    code, output = cli(root, "sync", "--space", "default", "--as-of", AS_OFS[-1].isoformat(), "--json")
     assert code == 0, output
     assert '"entered": 0' in output and '"exited": 0' in output and '"changed": 0' in output
     after = _state(server, database)
@@ -58,7 +60,7 @@ def test_a_sync_with_no_new_data_sends_nothing(synced: tuple[Path, PostgresServe
 def test_compiled_postgres_sql_runs_on_postgres(synced: tuple[Path, PostgresServer, str]) -> None:
     """`engage compile --dialect postgres` prints statements a user can run as they are."""
     root, server, database = synced
-    code, output = _cli(root, "compile", "--space", "default", "--dialect", "postgres")
+    code, output = cli(root, "compile", "--space", "default", "--dialect", "postgres")
     assert code == 0, output
     statements = re.split(r"^-- (.*)$", output, flags=re.MULTILINE)[1:]
     titled = list(zip(statements[::2], statements[1::2], strict=True))
@@ -72,13 +74,6 @@ def test_compiled_postgres_sql_runs_on_postgres(synced: tuple[Path, PostgresServ
 
 
 SECRET = "wrong-password-never-shown"
-
-
-def _break(root: Path, old: str, new: str) -> None:
-    config = root / "config" / "engage.yaml"
-    text = config.read_text()
-    assert old in text
-    config.write_text(text.replace(old, new, 1))
 
 
 @pytest.mark.parametrize(
@@ -96,21 +91,8 @@ def test_connection_failures_are_one_line_naming_the_setting(
 ) -> None:
     root, server, database = synced
     before = _state(server, database)
-    values = {"{port}": server.port, "{closed}": free_port(), "{database}": database}
-
-    def filled(text: str) -> str:
-        for name, value in values.items():
-            text = text.replace(name, str(value))
-        return text
-
-    _break(root, filled(broken[0]), filled(broken[1]))
-    code, output = _cli(root, "sync", "--space", "default")
-    assert code == 1, output
-    lines = output.strip().splitlines()
-    assert len(lines) == 1, output
-    assert re.match(rf"error: config/engage.yaml:\d+: spaces\.default\.(warehouse\.)?{field}: ", lines[0]), (
-        output
-    )
-    assert all(text in lines[0] for text in says), output
-    assert SECRET not in output and server.password not in output
+    with config_restored(root) as config:
+        values = {"port": server.port, "closed": free_port(), "database": database}
+        break_config(config, *broken, values)
+        assert_sync_fails_naming(root, field, says, secrets=[SECRET, server.password])
     assert _state(server, database) == before

@@ -7,25 +7,27 @@ an unreachable host, missing credentials and a missing schema can.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
-from engage.cli import main
-from tests.engines.conftest import AS_OFS, SNOWFLAKE_PASSWORD, SnowflakeEngine, run_project
+from tests.engines.conftest import (
+    AS_OFS,
+    SNOWFLAKE_PASSWORD,
+    SnowflakeEngine,
+    assert_sync_fails_naming,
+    break_config,
+    cli,
+    config_restored,
+    run_project,
+)
 from tests.engines.dataset import SourceTable
-from tests.engines.snowflake import connect, free_port, fresh_database, query
+from tests.engines.net import free_port
+from tests.engines.snowflake import connect, fresh_database, query
 
 pytestmark = pytest.mark.snowflake
-
-
-def _cli(root: Path, *args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, ["--project", str(root), *args], catch_exceptions=False)
-    return result.exit_code, result.output
 
 
 def _state(settings: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -46,33 +48,16 @@ def synced(
         patch.setenv("ENGAGE_TEST_SF_PASSWORD", SNOWFLAKE_PASSWORD)
         settings = {**settings, "password": SNOWFLAKE_PASSWORD}
         run_project(root, SnowflakeEngine(settings), demo_tables)
-        config = (root / "config" / "engage.yaml").read_text()
         yield root, settings
-        (root / "config" / "engage.yaml").write_text(config)
-
-
-@pytest.fixture
-def restored(synced: tuple[Path, dict[str, Any]]) -> Iterator[tuple[Path, dict[str, Any]]]:
-    config = synced[0] / "config" / "engage.yaml"
-    text = config.read_text()
-    yield synced
-    config.write_text(text)
 
 
 def test_a_sync_with_no_new_data_sends_nothing(synced: tuple[Path, dict[str, Any]]) -> None:
     root, settings = synced
     state = [r for r in _state(settings) if len(r) > 2]
-    code, output = _cli(root, "sync", "--space", "default", "--as-of", AS_OFS[-1].isoformat(), "--json")
+    code, output = cli(root, "sync", "--space", "default", "--as-of", AS_OFS[-1].isoformat(), "--json")
     assert code == 0, output
     assert '"entered": 0' in output and '"exited": 0' in output and '"changed": 0' in output
     assert [r for r in _state(settings) if len(r) > 2] == state
-
-
-def _break(root: Path, old: str, new: str) -> None:
-    config = root / "config" / "engage.yaml"
-    text = config.read_text()
-    assert old in text, text
-    config.write_text(text.replace(old, new, 1))
 
 
 @pytest.mark.parametrize(
@@ -84,21 +69,11 @@ def _break(root: Path, old: str, new: str) -> None:
     ],
 )  # fmt: skip
 def test_failures_are_one_line_naming_the_setting(
-    restored: tuple[Path, dict[str, Any]], broken: tuple[str, str], field: str, says: str
+    synced: tuple[Path, dict[str, Any]], broken: tuple[str, str], field: str, says: str
 ) -> None:
-    root, settings = restored
+    root, settings = synced
     before = _state(settings)
-    values = {"{port}": str(settings["port"]), "{closed}": str(free_port())}
-    old, new = broken
-    for name, value in values.items():
-        old, new = old.replace(name, value), new.replace(name, value)
-    _break(root, old, new)
-    code, output = _cli(root, "sync", "--space", "default")
-    assert code == 1, output
-    lines = output.strip().splitlines()
-    assert len(lines) == 1, output
-    assert re.match(rf"error: config/engage.yaml:\d+: spaces\.default\.(warehouse\.)?{field}: ", lines[0]), (
-        output
-    )
-    assert says in lines[0] and settings["password"] not in output
+    with config_restored(root) as config:
+        break_config(config, *broken, {"port": settings["port"], "closed": free_port()})
+        assert_sync_fails_naming(root, field, [says], secrets=[settings["password"]])
     assert _state(settings) == before
