@@ -659,6 +659,23 @@ CONFIG_CASES = [
         id="unknown_destination_type",
     ),
     pytest.param(
+        _config(
+            "{type: duckdb, path: .engage/warehouse.duckdb}",
+            "{type: postgres, host: 127.0.0.1, user: u, password: '${ENGAGE_TEST_SECRET}'}",
+        ),
+        "default",
+        (CONFIG_FILE, 3, "spaces.default.warehouse.database"),
+        ("Field required",),
+        id="postgres_warehouse_without_a_database",
+    ),
+    pytest.param(
+        _destination("remote: {type: warehouse, warehouse: {type: snowflak, account: a}}"),
+        "default",
+        (CONFIG_FILE, 9, "spaces.default.destinations.remote.warehouse"),
+        ("snowflak",),
+        id="unknown_engine_of_a_cross_warehouse_destination",
+    ),
+    pytest.param(
         _config("{type: duckdb, path: .engage/warehouse.duckdb}", "{type: snowflak, path: x}"),
         "default",
         (CONFIG_FILE, 3, "spaces.default.warehouse"),
