@@ -197,10 +197,38 @@ class TableWriter:
         return self.warehouse.insert(exp.insert(fresh, target, columns=columns))
 
     def _upsert_users(self, key_columns: dict[str, str], rows: exp.Query) -> None:
-        """One row per user_id holding the latest value of every key (SPEC §5)."""
-        target = exp.table_("users", db=self.schema)
-        source = rows.subquery("s")
+        """One row per user_id holding the latest value of every key (SPEC §5): new ids inserted, the
+        others updated, or (engines without row updates) the table's new contents written over it."""
         loaded = exp.cast(exp.Literal.string(self.rows.loaded_at.isoformat(sep=" ")), "TIMESTAMP")
+
+        def latest(key: str, users: str) -> exp.Expr:
+            return (
+                exp.case()
+                .when(exp.column(f"__changed_{key}", "s").eq(1), exp.column(key, "s"))
+                .else_(exp.column(key, users))
+            )
+
+        target = exp.table_("users", db=self.schema)
+        if not self.warehouse.capabilities.row_updates:
+            matched = exp.column("id", "s").is_(exp.null()).not_()
+            columns = list(self.warehouse.table_columns(self.schema, "users"))
+            values = {c: exp.column(c, "u") for c in columns}
+            values["id"] = exp.func("COALESCE", exp.column("id", "u"), exp.column("id", "s"))
+            for column in ("received_at", "uuid_ts"):
+                values[column] = exp.case().when(matched, loaded.copy()).else_(exp.column(column, "u"))
+            values.update({key: latest(key, "u") for key in key_columns})
+            merged = (
+                exp.select(*(exp.alias_(values[c], c) for c in columns))
+                .from_(target.copy().as_("u"))
+                .join(
+                    rows.subquery("s"),
+                    on=exp.column("id", "u").eq(exp.column("id", "s")),
+                    join_type="full outer",
+                )
+            )
+            self.warehouse.overwrite(target, merged)
+            return
+        source = rows.subquery("s")
         missing = (
             exp.select(exp.column("id", "s"), loaded, loaded.copy())
             .from_(source)
@@ -211,15 +239,9 @@ class TableWriter:
             exp.EQ(this=exp.column("received_at"), expression=loaded.copy()),
             exp.EQ(this=exp.column("uuid_ts"), expression=loaded.copy()),
         ]
-        for key in key_columns:
-            keep = (
-                exp.case()
-                .when(exp.column(f"__changed_{key}", "s").eq(1), exp.column(key, "s"))
-                .else_(exp.column(key, "users"))
-            )
-            assignments.append(exp.EQ(this=exp.column(key), expression=keep))
+        assignments += [exp.EQ(this=exp.column(key), expression=latest(key, "users")) for key in key_columns]
         update = exp.Update(
-            this=target,
+            this=target.copy(),
             expressions=assignments,
             from_=exp.From(this=source.copy()),
             where=exp.Where(this=exp.column("id", "users").eq(exp.column("id", "s"))),

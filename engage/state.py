@@ -111,7 +111,8 @@ class StateStore:
 
     def advance(self, changes: str, fingerprints: exp.Query, generation: int, now: datetime) -> None:
         """Applies a run's changes: drops rows of definitions whose logic changed, replaces the rows of
-        every changed (definition, trait key, profile), and inserts the new present values."""
+        every changed (definition, trait key, profile), and inserts the new present values. Engines
+        without row updates get the state's whole new contents written over it."""
         state = self.table(STATE_TABLE)
         stale = (
             exp.select(exp.Literal.number(1))
@@ -123,7 +124,6 @@ class StateStore:
                 )
             )
         )
-        self.warehouse.execute(exp.delete(state, where=exp.Exists(this=stale)))
         replaced = (
             exp.select(exp.Literal.number(1))
             .from_(exp.table_(changes, alias="c"))
@@ -136,7 +136,7 @@ class StateStore:
                 )
             )
         )
-        self.warehouse.execute(exp.delete(state, where=exp.Exists(this=replaced)))
+        columns = [c for c, _ in STATE_COLUMNS]
         fresh = (
             exp.select(
                 exp.column("definition_key", "c"),
@@ -145,15 +145,25 @@ class StateStore:
                 exp.column("profile_id", "c"),
                 exp.column("user_id", "c"),
                 exp.column("anonymous_id", "c"),
-                exp.column("new_text", "c"),
-                exp.column("new_num", "c"),
-                exp.Literal.number(generation),
-                exp.cast(exp.Literal.string(now.isoformat(sep=" ")), "TIMESTAMP"),
+                exp.alias_(exp.column("new_text", "c"), "value_text"),
+                exp.alias_(exp.column("new_num", "c"), "value_num"),
+                exp.alias_(exp.Literal.number(generation), "generation"),
+                exp.alias_(exp.cast(exp.Literal.string(now.isoformat(sep=" ")), "TIMESTAMP"), "updated_at"),
             )
             .from_(exp.table_(changes, alias="c"))
             .where(exp.column("present", "c"))
         )
-        self.warehouse.execute(exp.insert(fresh, state, columns=[c for c, _ in STATE_COLUMNS]))
+        if not self.warehouse.capabilities.row_updates:
+            kept = (
+                exp.select(*columns)
+                .from_(state.copy())
+                .where(exp.and_(exp.not_(exp.Exists(this=stale)), exp.not_(exp.Exists(this=replaced))))
+            )
+            self.warehouse.overwrite(state, exp.union(kept, fresh, distinct=False))
+            return
+        self.warehouse.execute(exp.delete(state, where=exp.Exists(this=stale)))
+        self.warehouse.execute(exp.delete(state.copy(), where=exp.Exists(this=replaced)))
+        self.warehouse.execute(exp.insert(fresh, state.copy(), columns=columns))
 
     def record_run(self, record: RunRecord) -> None:
         values = [

@@ -21,6 +21,8 @@ from engage.warehouse.capabilities import Capabilities, for_engine
 # Where a warehouse setting is in the user's config (`config/engage.yaml:7: ….warehouse.password`), for
 # errors that name the setting to fix.
 Setting = Callable[[str], Location]
+# The scratch table that holds a table's next contents while `overwrite` writes them over it.
+NEXT_ROWS = "__engage_next_rows"
 
 
 def empty_result(query: exp.Query) -> exp.Select:
@@ -125,6 +127,15 @@ class Warehouse(ABC):
                 actions=[exp.ColumnDef(this=exp.to_identifier(column), kind=kind)],
             )
         )
+
+    def overwrite(self, table: exp.Table, query: exp.Query) -> None:
+        """Replaces the rows of `table` with those of `query`, which may read `table` itself: for engines
+        without row updates. Here, for any engine with DELETE (tests run the fallback on DuckDB): the new
+        rows are materialized first, then the table is emptied and refilled, in the caller's transaction."""
+        self.create_temp_table(NEXT_ROWS, query)
+        columns = query.named_selects
+        self.execute(exp.delete(table))
+        self.execute(exp.insert(exp.select(*columns).from_(NEXT_ROWS), table, columns=columns))
 
     def create_temp_table(self, name: str, query: exp.Query) -> None:
         """Materializes `query` for this connection only: nothing is written to the warehouse's files."""

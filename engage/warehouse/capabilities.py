@@ -57,6 +57,9 @@ class Capabilities:
     add_seconds: Literal["date_add", "timestamp_add"] = "date_add"
     # A bare VARCHAR is VARCHAR(256) on Redshift: engage's text (state values, JSON lists) must not be cut.
     unbounded_text: bool = False
+    # DELETE and UPDATE on plain tables. Spark without Delta has neither: a table that changes (the state,
+    # `users`) gets its whole new contents written over it instead (`Warehouse.overwrite`).
+    row_updates: bool = True
 
 
 DUCKDB = Capabilities(dialect="duckdb")
@@ -96,6 +99,7 @@ DATABRICKS = Capabilities(
     pick="max_by_struct",
     sorted_set="array_sort",
     array_nulls="dropped",
+    row_updates=False,
 )
 
 BY_DIALECT: dict[str, Capabilities] = {

@@ -79,8 +79,11 @@ def test_fallbacks_for_engines_without_arrays_equal_duckdb(
     tmp_path: Path, demo_tables: list[SourceTable], duckdb_outcome: Outcome, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Redshift's code paths (a ranked query per latest/first value, LISTAGG-built JSON lists, a numeric
-    text test instead of TRY_CAST, no QUALIFY) run here on DuckDB, and must give DuckDB's own results."""
-    fallbacks = replace(DUCKDB, pick="window", sorted_set="listagg", try_cast=False, qualify=False)
+    text test instead of TRY_CAST, no QUALIFY) and Spark's (tables overwritten instead of rows deleted and
+    updated) run here on DuckDB, and must give DuckDB's own results."""
+    fallbacks = replace(
+        DUCKDB, pick="window", sorted_set="listagg", try_cast=False, qualify=False, row_updates=False
+    )
     monkeypatch.setattr(DuckDBWarehouse, "capabilities", fallbacks)
     root = tmp_path / "project"
     outcome = run_project(root, DuckDBEngine(root / "warehouse.duckdb"), demo_tables)
