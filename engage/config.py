@@ -99,8 +99,26 @@ class BigQueryWarehouseConfig(_Model):
     timeout: int = Field(default=600, gt=0)  # seconds a job (with its retries) may take
 
 
+class SparkWarehouseConfig(_Model):
+    """Spark SQL (the Databricks dialect) through a PySpark session (`pip install 'engage[spark]'`):
+    `master` is `local[N]` or a cluster's URL. Tables are parquet. Sources and outputs are databases of the
+    session's catalog, which must outlive the process: the cluster's metastore, or for a local master a
+    Derby `metastore` directory (relative paths are from the project root)."""
+
+    type: Literal["spark"]
+    master: str = "local[2]"
+    warehouse_dir: str | None = None  # where managed tables' files live (spark.sql.warehouse.dir)
+    metastore: str | None = None  # a Derby metastore directory (for a local master)
+    scratch_schema: str = "engage_scratch"  # where a run's intermediate tables live while it runs
+    conf: dict[str, str] = Field(default_factory=dict)  # further Spark settings, passed as they are
+
+
 WarehouseConfig = Annotated[
-    DuckDBWarehouseConfig | PostgresWarehouseConfig | SnowflakeWarehouseConfig | BigQueryWarehouseConfig,
+    DuckDBWarehouseConfig
+    | PostgresWarehouseConfig
+    | SnowflakeWarehouseConfig
+    | BigQueryWarehouseConfig
+    | SparkWarehouseConfig,
     Field(discriminator="type"),
 ]
 

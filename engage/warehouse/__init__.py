@@ -50,4 +50,8 @@ def connect(
         from engage.warehouse.bigquery import BigQueryWarehouse
 
         return BigQueryWarehouse(config, setting)
+    if config.type == "spark":
+        from engage.warehouse.spark import SparkWarehouse
+
+        return SparkWarehouse(config, setting, space.resolve)
     raise AssertionError(f"unhandled warehouse type {config.type}")

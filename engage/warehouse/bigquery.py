@@ -1,9 +1,8 @@
 """BigQuery, through google-cloud-bigquery.
 
-BigQuery has no session temporary tables outside scripts, so a run's scratch tables are ordinary tables
-in a scratch dataset, named per connection and dropped on close; `render` points the statements' bare
-scratch names at them. Statements run as separate jobs: there is no multi-statement transaction, so a
-run relies on what every engine has, writes that skip ids already written and a state advanced last.
+A run's intermediate tables live in a scratch dataset (`scratch.py`). Statements run as separate jobs:
+there is no multi-statement transaction, so a run relies on what every engine has, writes that skip ids
+already written and a state advanced last.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ import io
 import json
 import logging
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -25,6 +23,7 @@ from engage.errors import TransientWarehouseError, WarehouseError
 from engage.warehouse.base import Setting, Warehouse, empty_result, first_line
 from engage.warehouse.capabilities import BIGQUERY
 from engage.warehouse.drivers import require
+from engage.warehouse.scratch import ScratchTables
 
 if TYPE_CHECKING:
     from engage.config import BigQueryWarehouseConfig
@@ -40,8 +39,7 @@ class BigQueryWarehouse(Warehouse):
         self._setting = setting
         self._bigquery = require("google.cloud.bigquery", "bigquery")
         self._exceptions = require("google.api_core.exceptions", "bigquery")
-        self._scratch: dict[str, str] = {}  # bare name → table name in the scratch dataset
-        self._token = uuid.uuid4().hex[:8]
+        self._scratch = ScratchTables(config.scratch_dataset)
         self.client = self._client()
 
     def _client(self) -> Any:
@@ -79,16 +77,7 @@ class BigQueryWarehouse(Warehouse):
         return f"bigquery:{self.config.project}"
 
     def render(self, statement: exp.Expr) -> str:
-        """Bare names of this connection's scratch tables become the scratch dataset's tables (keeping the
-        bare name as alias, so column qualifiers still resolve)."""
-
-        def rewrite(node: exp.Expr) -> exp.Expr:
-            if isinstance(node, exp.Table) and not node.db and node.name in self._scratch:
-                alias = node.alias or node.name
-                return exp.table_(self._scratch[node.name], db=self.config.scratch_dataset, alias=alias)
-            return node
-
-        return super().render(statement.transform(rewrite))
+        return super().render(self._scratch.rewrite(statement))
 
     @staticmethod
     def _bind(statement: exp.Expr, parameters: Sequence[Any]) -> exp.Expr:
@@ -182,7 +171,8 @@ class BigQueryWarehouse(Warehouse):
             )
             for row in rows
         ]
-        dataset, name = self.config.scratch_dataset, self._scratch[table]
+        target = self._scratch.table(table)
+        dataset, name = target.db, target.name
         bigquery = self._bigquery
         config = bigquery.LoadJobConfig(
             source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON,
@@ -236,15 +226,13 @@ class BigQueryWarehouse(Warehouse):
     def create_temp_table(self, name: str, query: exp.Query) -> None:
         if not self._scratch:  # the connection's first scratch table
             self.ensure_schema(self.config.scratch_dataset)
-        self._scratch[name] = f"{name.strip('_')}_{self._token}"
-        target = exp.table_(self._scratch[name], db=self.config.scratch_dataset)
+        target = self._scratch.add(name)
         self.execute(exp.Create(this=target, kind="TABLE", expression=query, replace=True))
 
     def close(self) -> None:
-        for table in self._scratch.values():
-            target = exp.table_(table, db=self.config.scratch_dataset)
+        for table in self._scratch:
             try:
-                self.execute(exp.Drop(tables=[target], kind="TABLE", exists=True))
+                self.execute(exp.Drop(tables=[table], kind="TABLE", exists=True))
             except WarehouseError:
-                log.warning("could not drop scratch table %s.%s", self.config.scratch_dataset, table)
+                log.warning("could not drop scratch table %s.%s", table.db, table.name)
         self.client.close()

@@ -140,6 +140,34 @@ class BigQueryEngine:
             )
 
 
+@dataclass
+class SparkEngine:
+    """engage's Spark adapter on the test session (tests/engines/spark.py), which it joins: its catalog
+    lives in memory, for this process."""
+
+    session: Any  # pyspark.sql.SparkSession
+    name: str = "spark"
+
+    def warehouse_yaml(self) -> str:
+        return "{type: spark, master: 'local[2]'}"
+
+    def __post_init__(self) -> None:
+        """Starts from an empty catalog: the session, and so its catalog, is shared by the tests."""
+        from tests.engines.spark import quote
+
+        for database in self.session.catalog.listDatabases():
+            if database.name != "default":
+                self.session.sql(f"DROP SCHEMA {quote(database.name)} CASCADE")
+
+    def land(self, tables: Sequence[SourceTable]) -> None:
+        from tests.engines.spark import create_table
+
+        types = {"varchar": "STRING", "bigint": "BIGINT", "double": "DOUBLE", "boolean": "BOOLEAN"}
+        for table in tables:
+            columns = {name: types.get(kind, "TIMESTAMP") for name, kind in table.columns}
+            create_table(self.session, table.schema, table.name, columns, table.rows)
+
+
 def normal(value: Any) -> Any:
     """A value as engines agree on it: floats to 9 significant digits, times as ISO text."""
     if isinstance(value, float):
@@ -292,9 +320,22 @@ def snowflake_database(
         yield {**settings, "password": SNOWFLAKE_PASSWORD}
 
 
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One local Spark session for the test run (a process has one Spark context)."""
+    from tests.engines.spark import spark_session
+
+    session = spark_session(tmp_path_factory.mktemp("spark"))
+    yield session
+    session.stop()
+
+
 @pytest.fixture
 def engine(request: pytest.FixtureRequest) -> Engine:
-    """The engine named by an indirect parameter (postgres, snowflake, bigquery), on a fresh database."""
+    """The engine named by an indirect parameter (postgres, snowflake, bigquery, spark), on a fresh
+    database."""
+    if request.param == "spark":
+        return SparkEngine(request.getfixturevalue("spark"))
     if request.param == "postgres":
         server, database = request.getfixturevalue("postgres_database")
         return PostgresEngine(server, database)

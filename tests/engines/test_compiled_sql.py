@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from engage.cli import main
-from tests.engines.conftest import AS_OFS, REPO, SOURCES, BigQueryEngine, DuckDBEngine, normal
+from tests.engines.conftest import AS_OFS, REPO, SOURCES, BigQueryEngine, DuckDBEngine, SparkEngine, normal
 from tests.engines.dataset import SourceTable
 
 AS_OF = AS_OFS[-1].isoformat()
@@ -95,27 +94,11 @@ def assert_same(expected: Values, actual: Values, engine: str) -> None:
 
 
 # -- Spark -------------------------------------------------------------------------------------------------
-SPARK_TYPES = {"varchar": "STRING", "bigint": "BIGINT", "double": "DOUBLE", "boolean": "BOOLEAN"}
-
-
-@pytest.fixture(scope="session")
-def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from tests.engines.spark import spark_session
-
-    session = spark_session(tmp_path_factory.mktemp("spark"))
-    yield session
-    session.stop()
-
-
 @pytest.mark.spark
 def test_databricks_sql_runs_on_spark_and_equals_duckdb(
     project: Path, expected: Values, spark: Any, demo_tables: list[SourceTable]
 ) -> None:
-    from tests.engines.spark import create_table
-
-    for table in demo_tables:
-        columns = {name: SPARK_TYPES.get(kind, "TIMESTAMP") for name, kind in table.columns}
-        create_table(spark, table.schema, table.name, columns, table.rows)
+    SparkEngine(spark).land(demo_tables)
     statements = compile_for(project, "databricks")
     for title, sql in statements[:-1]:
         spark.sql(f"CREATE OR REPLACE TEMPORARY VIEW `{sql_trait_table(title)}` AS {sql}")

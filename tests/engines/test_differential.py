@@ -53,6 +53,7 @@ ENGINES = [
     pytest.param("postgres", marks=pytest.mark.postgres),
     pytest.param("snowflake", marks=pytest.mark.snowflake),
     pytest.param("bigquery", marks=pytest.mark.bigquery),
+    pytest.param("spark", marks=pytest.mark.spark),
 ]
 
 
