@@ -212,7 +212,7 @@ class TableWriter:
         if not self.warehouse.capabilities.row_updates:
             matched = exp.column("id", "s").is_(exp.null()).not_()
             columns = list(self.warehouse.table_columns(self.schema, "users"))
-            values = {c: exp.column(c, "u") for c in columns}
+            values: dict[str, exp.Expr] = {c: exp.column(c, "u") for c in columns}
             values["id"] = exp.func("COALESCE", exp.column("id", "u"), exp.column("id", "s"))
             for column in ("received_at", "uuid_ts"):
                 values[column] = exp.case().when(matched, loaded.copy()).else_(exp.column(column, "u"))

@@ -129,6 +129,15 @@ class IdentityConfig(_Model):
     type: Literal["none"] = "none"
 
 
+class RetryConfig(_Model):
+    """How a run that failed on a transient error (lock contention, a lost connection) is tried again: the
+    whole run, after a wait that doubles from `initial_delay` up to `max_delay`, plus random jitter."""
+
+    attempts: int = Field(default=3, ge=1)  # tries in all; 1 never retries
+    initial_delay: float = Field(default=2.0, gt=0)  # seconds before the first retry
+    max_delay: float = Field(default=60.0, gt=0)  # the longest wait between two tries
+
+
 class IntervalSchedule(_Model):
     every: str
 
@@ -189,6 +198,7 @@ class SpaceConfig(_Model):
     identity: IdentityConfig = IdentityConfig()
     definitions: str = "audiences"
     schedule: Schedule | None = None
+    retry: RetryConfig = RetryConfig()
     destinations: dict[str, DestinationConfig] = {}
 
     @field_validator("schedule")

@@ -6,8 +6,9 @@ EngageError                    any failure engage reports to a user
 │   ├── ConfigError            config/engage.yaml (file, line, field)
 │   └── DefinitionError        a definition under the space's definitions folder (file, line, field)
 └── RunError                   exit 1: a run started and failed; outputs and state are untouched
+    ├── TransientError         worth retrying the run (lock contention, network, throttling)
     ├── WarehouseError         the warehouse refused a statement or could not be reached
-    │   └── TransientWarehouseError   worth retrying (lock contention, network)
+    │   └── TransientWarehouseError   a WarehouseError that is also a TransientError
     ├── DataError              the data broke a rule (e.g. an SQL trait returned duplicate identifiers)
     └── ConnectorError         a destination failed to take the run's calls
 ```
@@ -81,6 +82,10 @@ class RunError(EngageError):
     """A run failed after it started. The previous outputs and state are intact."""
 
 
+class TransientError(RunError):
+    """A failure that may pass if the run is tried again (`retry.py` does, within the space's bound)."""
+
+
 class WarehouseError(RunError):
     """The warehouse refused a statement or could not be reached. A connection failure names the
     setting to fix (`config/engage.yaml:7: warehouse.password: …`), never a secret's value."""
@@ -91,7 +96,7 @@ class WarehouseError(RunError):
         super().__init__(f"{location}: {message}" if location else message)
 
 
-class TransientWarehouseError(WarehouseError):
+class TransientWarehouseError(WarehouseError, TransientError):
     """A warehouse failure that may succeed if retried (contention, lost connection)."""
 
 

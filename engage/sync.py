@@ -40,6 +40,7 @@ from engage.errors import (
 from engage.freshness import Inputs, observe, unchanged
 from engage.identity import resolver_for
 from engage.messages import MessageContext, WarehouseRows
+from engage.retry import with_retries
 from engage.state import RunRecord, StateStore
 from engage.warehouse import Warehouse, open_warehouse
 from engage.warehouse.capabilities import capabilities_for
@@ -198,11 +199,15 @@ def run_space(
     """Runs one space once: computes every definition as of `as_of`, sends the changes, advances state.
 
     Unless `full_refresh`, a run that provably cannot change anything (see `freshness.py`) stops after
-    its metadata checks."""
+    its metadata checks. A run that fails on a transient error is tried again (`retry.py`)."""
     console = console or NoopConsole()
     moment = as_of or parse_as_of(None)
-    with prepare(project, space_name) as prepared:
-        return Run(prepared, moment, dry_run, console, full_refresh).execute()
+
+    def attempt() -> RunSummary:
+        with prepare(project, space_name) as prepared:
+            return Run(prepared, moment, dry_run, console, full_refresh).execute()
+
+    return with_retries(attempt, project.space(space_name).config.retry, f"space {space_name}")
 
 
 def _routes_to(definition: CompiledDefinition, destination: str) -> bool:

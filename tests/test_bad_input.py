@@ -638,6 +638,13 @@ CONFIG_CASES = [
         id="interval_every_0m",
     ),
     pytest.param(
+        _config("    definitions: audiences\n", "    definitions: audiences\n    retry: {attempts: 0}\n"),
+        "default",
+        (CONFIG_FILE, 6, "spaces.default.retry.attempts"),
+        ("greater than or equal to 1",),
+        id="retry_attempts_0",
+    ),
+    pytest.param(
         MISSING_VAR,
         "default",
         (CONFIG_FILE, 9, "spaces.default.destinations.export.path"),
