@@ -21,6 +21,7 @@ from engage import __version__
 from engage.config import Project, find_project_root, load_project
 from engage.console import console_for
 from engage.errors import EngageError, InputErrors
+from engage.scheduler import RunLog, Scheduler
 from engage.state import StateStore
 from engage.sync import RunSummary, open_readonly, parse_as_of, prepare, run_space
 from engage.warehouse.capabilities import BY_DIALECT
@@ -52,9 +53,13 @@ def handles_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _project(ctx: click.Context) -> Project:
+def _root(ctx: click.Context) -> Path:
     root: Path | None = ctx.obj["project"]
-    return load_project(root if root is not None else find_project_root(Path.cwd()))
+    return root if root is not None else find_project_root(Path.cwd())
+
+
+def _project(ctx: click.Context) -> Project:
+    return load_project(_root(ctx))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -171,6 +176,39 @@ def _print_summary(summary: RunSummary) -> None:
         f"entered {summary.entered}, exited {summary.exited}, changed {summary.changed}"
         f" in {summary.seconds:.2f}s (generation {summary.generation}); written: {sent}"
     )
+
+
+@main.command()
+@click.option(
+    "--space",
+    "spaces",
+    multiple=True,
+    help="Schedule only this space (repeatable). Default: every space with a schedule.",
+)
+@click.option("--once", is_flag=True, help="Run each scheduled space once, then exit (1 if one failed).")
+@click.option("--watch", is_flag=True, help="Reload when the config or a definition file changes.")
+@click.option(
+    "--grace",
+    default=4.0,
+    show_default=True,
+    help="Seconds a run in progress may take to finish after SIGTERM/SIGINT before it is abandoned.",
+)
+@click.option("--json-logs", is_flag=True, help="Log each run as a JSON object instead of key=value pairs.")
+@click.pass_context
+@handles_errors
+def scheduler(
+    ctx: click.Context, spaces: tuple[str, ...], once: bool, watch: bool, grace: float, json_logs: bool
+) -> None:
+    """Run spaces on their `schedule` (a cron expression, or {every: 15m}) until SIGTERM or SIGINT.
+
+    A space never overlaps itself, and runs missed while it was busy collapse into one. SIGHUP reloads
+    the config; a run in progress at SIGTERM gets --grace seconds, then is abandoned uncommitted."""
+    daemon = Scheduler(
+        _root(ctx), spaces, grace=grace, run_log=RunLog(as_json=json_logs), watch=2.0 if watch else None
+    )
+    if once:
+        sys.exit(1 if daemon.run_once() else 0)
+    daemon.serve()
 
 
 @main.command()
