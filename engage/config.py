@@ -199,6 +199,9 @@ class SpaceConfig(_Model):
     definitions: str = "audiences"
     schedule: Schedule | None = None
     retry: RetryConfig = RetryConfig()
+    # Seconds a run's lease on the space lasts: after a crash on another machine, the space is free again
+    # after this long (a holder that died on this machine frees it at once). Longer than the longest run.
+    lease_ttl: int = Field(default=6 * 3600, gt=0)
     destinations: dict[str, DestinationConfig] = {}
 
     @field_validator("schedule")

@@ -9,6 +9,7 @@ EngageError                    any failure engage reports to a user
     ├── TransientError         worth retrying the run (lock contention, network, throttling)
     ├── WarehouseError         the warehouse refused a statement or could not be reached
     │   └── TransientWarehouseError   a WarehouseError that is also a TransientError
+    ├── SpaceBusyError         another run of the space holds its lease
     ├── DataError              the data broke a rule (e.g. an SQL trait returned duplicate identifiers)
     └── ConnectorError         a destination failed to take the run's calls
 ```
@@ -98,6 +99,10 @@ class WarehouseError(RunError):
 
 class TransientWarehouseError(WarehouseError, TransientError):
     """A warehouse failure that may succeed if retried (contention, lost connection)."""
+
+
+class SpaceBusyError(RunError):
+    """Another run holds the space's lease (`lease.py`); this one stopped before computing anything."""
 
 
 class DataError(RunError):

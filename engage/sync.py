@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlglot import exp
@@ -39,6 +39,7 @@ from engage.errors import (
 )
 from engage.freshness import Inputs, observe, unchanged
 from engage.identity import resolver_for
+from engage.lease import Holder, Lease, held
 from engage.messages import MessageContext, WarehouseRows
 from engage.retry import with_retries
 from engage.state import RunRecord, StateStore
@@ -205,7 +206,15 @@ def run_space(
 
     def attempt() -> RunSummary:
         with prepare(project, space_name) as prepared:
-            return Run(prepared, moment, dry_run, console, full_refresh).execute()
+            if dry_run:  # writes nothing, so needs no lease
+                return Run(prepared, moment, dry_run, console, full_refresh).execute()
+            space = prepared.space
+            run_id = uuid.uuid4().hex
+            ttl = timedelta(seconds=space.config.lease_ttl)
+            lease = Lease(prepared.warehouse, space.output_schema, space.name, ttl)
+            # The lease before anything is read: the generation, and so the message ids, come after it.
+            with held(lease, Holder.this_process(run_id), utc_now()):
+                return Run(prepared, moment, dry_run, console, full_refresh, run_id).execute()
 
     return with_retries(attempt, project.space(space_name).config.retry, f"space {space_name}")
 
@@ -246,7 +255,13 @@ def _check_sql_trait(warehouse: Warehouse, table: str, identifier: str, loaded: 
 
 class Run:
     def __init__(
-        self, prepared: PreparedSpace, as_of: datetime, dry_run: bool, console: Console, full_refresh: bool
+        self,
+        prepared: PreparedSpace,
+        as_of: datetime,
+        dry_run: bool,
+        console: Console,
+        full_refresh: bool,
+        run_id: str | None = None,
     ) -> None:
         self.prepared = prepared
         self.full_refresh = full_refresh
@@ -258,7 +273,7 @@ class Run:
         self.console = console
         self.state = StateStore(self.warehouse, self.space.output_schema)
         self.started = utc_now()
-        self.run_id = uuid.uuid4().hex
+        self.run_id = run_id or uuid.uuid4().hex
         self.generation = self.state.next_generation()
 
     def execute(self) -> RunSummary:

@@ -299,8 +299,9 @@ def test_message_ids_are_deterministic_so_a_failed_run_replays_the_same_calls(
     )
     assert ("identifies",) in tables
     for (table,) in tables:
-        if table != "_engage_runs":
+        if table not in ("_engage_runs", "_engage_lease"):
             assert workspace.query(f"SELECT count(*) FROM engage_default.{table}") == [(0,)], table
+    assert workspace.query("SELECT holder FROM engage_default._engage_lease") == [(None,)], "released"
     assert workspace.query("SELECT status FROM engage_default._engage_runs") == [("failed",)]
     monkeypatch.setattr(StateStore, "advance", original)
     workspace.sync("2024-03-02T00:00:00")

@@ -4,11 +4,18 @@ clear line naming the setting (never the secret), exit 1, with the state untouch
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from engage.config import PostgresWarehouseConfig
+from engage.errors import Location, SpaceBusyError
+from engage.lease import Holder, Lease
+from engage.sync import utc_now
+from engage.warehouse.postgres import PostgresWarehouse
 from tests.engines.conftest import (
     AS_OFS,
     PostgresEngine,
@@ -96,3 +103,51 @@ def test_connection_failures_are_one_line_naming_the_setting(
         break_config(config, *broken, values)
         assert_sync_fails_naming(root, field, says, secrets=[SECRET, server.password])
     assert _state(server, database) == before
+
+
+def test_of_runs_racing_for_a_space_exactly_one_takes_its_lease(
+    postgres_database: tuple[PostgresServer, str],
+) -> None:
+    """Four connections try to take the lease at the same instant, ten times over (the first time on a
+    database without the lease table): each time exactly one wins, and the others are told who holds it."""
+    server, database = postgres_database
+    config = PostgresWarehouseConfig(
+        type="postgres", host=server.host, port=server.port, database=database, user=server.user,
+        password=server.password,
+    )  # fmt: skip
+    warehouses = [
+        PostgresWarehouse(config, lambda field: Location(Path("engage.yaml"), 1, field)) for _ in range(4)
+    ]
+    try:
+        for round_ in range(10):
+            winners, refusals = _race(warehouses, round_)
+            assert len(winners) == 1, (round_, winners, refusals)
+            assert len(refusals) == 3 and all(winners[0].run_id in r for r in refusals), refusals
+            Lease(warehouses[0], "engage_default", "default", timedelta(hours=1)).release(winners[0])
+    finally:
+        for warehouse in warehouses:
+            warehouse.close()
+
+
+def _race(warehouses: Sequence[PostgresWarehouse], round_: int) -> tuple[list[Holder], list[str]]:
+    """Each connection tries to take the lease at the same instant: who won, and what the others heard."""
+    start = threading.Barrier(len(warehouses))
+    winners: list[Holder] = []
+    refusals: list[str] = []
+
+    def contend(number: int, warehouse: PostgresWarehouse) -> None:
+        lease = Lease(warehouse, "engage_default", "default", timedelta(hours=1))
+        holder = Holder("elsewhere", 1000 + number, f"run-{round_}-{number}")
+        start.wait()
+        try:
+            lease.acquire(holder, utc_now())
+            winners.append(holder)
+        except SpaceBusyError as err:
+            refusals.append(str(err))
+
+    threads = [threading.Thread(target=contend, args=item) for item in enumerate(warehouses)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return winners, refusals
