@@ -18,6 +18,7 @@ from sqlglot import exp
 from engage.config import WarehouseConfig
 from engage.connector import Connector, Delivery
 from engage.errors import Location
+from engage.failpoints import reached
 from engage.messages import STANDARD_COLUMNS, TRACK_COLUMNS, USERS_COLUMNS, WarehouseRows, sql_type
 from engage.naming import snakecase
 from engage.warehouse import connect
@@ -174,6 +175,7 @@ class TableWriter:
             inserted = self._insert(table, rows)
             if table in ("identifies", "tracks"):
                 written += inserted
+            reached("writing")
         return written
 
     def _not_written(self, table: str, source: str) -> exp.Expr:

@@ -21,8 +21,9 @@ from engage import __version__
 from engage.config import Project, find_project_root, load_project
 from engage.console import console_for
 from engage.errors import EngageError, InputErrors
+from engage.freshness import Inputs
 from engage.scheduler import RunLog, Scheduler
-from engage.state import StateStore
+from engage.state import RunRecord, StateStore
 from engage.sync import RunSummary, open_readonly, parse_as_of, prepare, run_space
 from engage.warehouse.capabilities import BY_DIALECT
 
@@ -228,7 +229,8 @@ def status(ctx: click.Context, space: str, limit: int, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([
             {**r.__dict__, "as_of": r.as_of.isoformat(), "started_at": r.started_at.isoformat(),
-             "finished_at": r.finished_at.isoformat() if r.finished_at else None}
+             "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+             "next_change": _next_change(r)}
             for r in runs
         ], indent=2))  # fmt: skip
         return
@@ -250,6 +252,9 @@ def status(ctx: click.Context, space: str, limit: int, as_json: bool) -> None:
         )  # fmt: skip
     terminal.print(table)
     latest = runs[0]
+    upcoming = next((_next_change(r) for r in runs if r.inputs), None)
+    if upcoming:
+        terminal.print(f"next change with no new data: {upcoming} UTC (an event crosses a window boundary)")
     if latest.summary:
         detail = Table(title="latest run per definition", title_justify="left")
         for column in ("definition", "kind", "size", "entered", "exited", "changed"):
@@ -259,6 +264,10 @@ def status(ctx: click.Context, space: str, limit: int, as_json: bool) -> None:
                 key, d["kind"], str(d["size"]), str(d["entered"]), str(d["exited"]), str(d["changed"])
             )
         terminal.print(detail)
+
+
+def _next_change(record: RunRecord) -> str | None:
+    return Inputs.from_json(record.inputs).next_change if record.inputs else None
 
 
 @main.command()

@@ -52,9 +52,14 @@ class Delivery:
     rows: WarehouseRows
 
     def calls(self, batch_size: int = 1000) -> Iterator[list[Call]]:
+        from engage.failpoints import reached
         from engage.messages import read_calls
 
-        return read_calls(self.warehouse, self.changes, self.definitions, batch_size)
+        batches = read_calls(self.warehouse, self.changes, self.definitions, batch_size)
+        for number, batch in enumerate(batches):
+            if number:  # the destination has taken the previous batch
+                reached("delivering")
+            yield batch
 
 
 class Connector(ABC):

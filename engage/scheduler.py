@@ -8,7 +8,8 @@
   safe by construction: outputs and state commit together at the end of a run, so an abandoned run has
   written nothing the next one does not redo with the same message ids.
 - Every run logs one line of `key=value` pairs (or a JSON object): space, run id, status, duration, counts,
-  error.
+  error, and when its results next change with no new data: the space also runs then, when that is
+  before its next scheduled run (a member of a `within: 30d` audience leaves on time).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -29,6 +30,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from engage.config import Project, load_project
@@ -91,6 +93,7 @@ class Scheduler:
         self._reload = threading.Event()
         self._active = 0  # runs in progress
         self._active_lock = threading.Lock()
+        self._running_spaces: set[str] = set()  # a space's schedule and its wake-up must not overlap
         self._watched: dict[Path, float] = {}
         self.project = self._load()
 
@@ -144,15 +147,33 @@ class Scheduler:
 
     # -- runs -----------------------------------------------------------------------------------------
     def _run(self, space: str) -> None:
-        if self._stop.is_set():
-            return
         with self._active_lock:
+            if self._stop.is_set() or space in self._running_spaces:
+                return
+            self._running_spaces.add(space)
             self._active += 1
         try:
             self._run_logged(space)
         finally:
             with self._active_lock:
+                self._running_spaces.discard(space)
                 self._active -= 1
+
+    def _wake_at(self, space: str, next_change: str | None) -> None:
+        """Runs the space again when its results next change with no new data (a member of a windowed
+        audience ages out), when that is before its next scheduled run."""
+        if next_change is None or not self._scheduler.running:
+            return
+        moment = datetime.fromisoformat(next_change).replace(tzinfo=UTC)
+        if moment.microsecond:  # a run's as-of is whole seconds: wake when it is past the change
+            moment = moment.replace(microsecond=0) + timedelta(seconds=1)
+        job = self._scheduler.get_job(space)
+        if moment <= datetime.now(UTC) or (job and job.next_run_time and job.next_run_time <= moment):
+            return
+        self._scheduler.add_job(
+            self._run, DateTrigger(moment), args=[space], id=f"{space}@next_change", replace_existing=True
+        )
+        log.info("space %s: woken at %s, when its results next change", space, moment.isoformat())
 
     def _run_logged(self, space: str) -> None:
         started = time.monotonic()
@@ -175,8 +196,10 @@ class Scheduler:
                 "space": space, "run_id": summary.run_id, "status": status,
                 "as_of": summary.as_of.isoformat(), "seconds": summary.seconds,
                 "entered": summary.entered, "exited": summary.exited, "changed": summary.changed,
+                "next_change": summary.next_change,
             },
         )  # fmt: skip
+        self._wake_at(space, summary.next_change)
 
     def run_once(self) -> int:
         """Every scheduled space once, in order: how many failed."""

@@ -6,6 +6,9 @@
 - `_engage_runs`: the run log (`engage status` reads it). A run's generation is the number of successful
   runs before it plus one, so a run that failed and is retried gets the same generation, and with it the
   same message ids.
+- `_engage_outbox`: the changes of a run that is delivering, committed before the first call leaves, with
+  the run's id, generation and as-of. A run that dies after that is finished by the next one, from here,
+  before it computes anything: calls already sent are never lost from the state, whatever the data became.
 
 Nothing here advances unless the caller's transaction commits (see `sync.py`).
 """
@@ -19,9 +22,12 @@ from typing import Any
 
 from sqlglot import exp
 
+from engage.messages import sql_type
 from engage.warehouse.base import Warehouse
 
-STATE_TABLE, RUNS_TABLE = "_engage_state", "_engage_runs"
+STATE_TABLE, RUNS_TABLE, OUTBOX_TABLE = "_engage_state", "_engage_runs", "_engage_outbox"
+# The outbox's own columns, in front of the changes' columns.
+OUTBOX_RUN_COLUMNS = [("run_id", "VARCHAR"), ("generation", "BIGINT"), ("as_of", "TIMESTAMP")]
 
 STATE_COLUMNS = [
     ("definition_key", "VARCHAR"),
@@ -50,6 +56,15 @@ RUN_COLUMNS = [
     ("error", "VARCHAR"),
     ("inputs", "VARCHAR"),
 ]
+
+
+@dataclass(frozen=True)
+class PendingRun:
+    """A run whose changes are in the outbox: it died delivering them."""
+
+    run_id: str
+    generation: int
+    as_of: datetime
 
 
 @dataclass(frozen=True)
@@ -164,6 +179,70 @@ class StateStore:
         self.warehouse.execute(exp.delete(state, where=exp.Exists(this=stale)))
         self.warehouse.execute(exp.delete(state.copy(), where=exp.Exists(this=replaced)))
         self.warehouse.execute(exp.insert(fresh, state.copy(), columns=columns))
+
+    # -- the outbox ---------------------------------------------------------------------------------------
+    def stage(self, changes: str, run: PendingRun) -> None:
+        """Commits a run's changes to the outbox (DDL first: some engines commit at DDL)."""
+        columns = self.warehouse.query_columns(exp.select("*").from_(changes))
+        table = [(c, exp.DataType.build(t)) for c, t in OUTBOX_RUN_COLUMNS]
+        table += [(c, sql_type(t)) for c, t in columns.items()]
+        self.warehouse.ensure_table(self.schema, OUTBOX_TABLE, table)
+        existing = self.warehouse.table_columns(self.schema, OUTBOX_TABLE)
+        for column, kind in table:
+            if column not in existing:
+                self.warehouse.add_column(self.schema, OUTBOX_TABLE, column, kind)
+        keys = [
+            exp.Literal.string(run.run_id),
+            exp.Literal.number(run.generation),
+            exp.cast(exp.Literal.string(run.as_of.isoformat(sep=" ")), "TIMESTAMP"),
+        ]
+        rows = exp.select(*keys, *columns).from_(changes)
+        names = [c for c, _ in OUTBOX_RUN_COLUMNS] + list(columns)
+        with self.warehouse.transaction():
+            self.warehouse.execute(exp.insert(rows, self.table(OUTBOX_TABLE), columns=names))
+
+    def pending(self) -> PendingRun | None:
+        """The run whose changes wait in the outbox, if one died delivering them."""
+        if not self.warehouse.table_columns(self.schema, OUTBOX_TABLE):
+            return None
+        rows = self.warehouse.fetchall(
+            exp.select(*(c for c, _ in OUTBOX_RUN_COLUMNS))
+            .from_(self.table(OUTBOX_TABLE))
+            .group_by(*(c for c, _ in OUTBOX_RUN_COLUMNS))
+            .order_by("generation")
+            .limit(1)
+        )
+        return PendingRun(rows[0][0], int(rows[0][1]), rows[0][2]) if rows else None
+
+    def restore(self, run: PendingRun, changes: str, keys: list[str]) -> None:
+        """The pending run's changes of the definitions `keys`, as the temporary table `changes`."""
+        run_columns = {c for c, _ in OUTBOX_RUN_COLUMNS}
+        columns = [c for c in self.warehouse.table_columns(self.schema, OUTBOX_TABLE) if c not in run_columns]
+        query = (
+            exp.select(*columns)
+            .from_(self.table(OUTBOX_TABLE))
+            .where(
+                exp.and_(
+                    exp.column("run_id").eq(exp.Literal.string(run.run_id)),
+                    exp.In(
+                        this=exp.column("definition_key"), expressions=[exp.Literal.string(k) for k in keys]
+                    )
+                    if keys
+                    else exp.false(),
+                )
+            )
+        )
+        self.warehouse.create_temp_table(changes, query)
+
+    def unstage(self, run: PendingRun) -> None:
+        """Empties the outbox of `run`, in the transaction that advances the state."""
+        outbox = self.table(OUTBOX_TABLE)
+        other = exp.column("run_id").neq(exp.Literal.string(run.run_id))
+        if self.warehouse.capabilities.row_updates:
+            self.warehouse.execute(exp.delete(outbox, where=exp.not_(other)))
+            return
+        columns = list(self.warehouse.table_columns(self.schema, OUTBOX_TABLE))
+        self.warehouse.overwrite(outbox, exp.select(*columns).from_(outbox.copy()).where(other))
 
     def record_run(self, record: RunRecord) -> None:
         values = [

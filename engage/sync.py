@@ -37,12 +37,13 @@ from engage.errors import (
     WarehouseError,
     raise_all,
 )
+from engage.failpoints import reached
 from engage.freshness import Inputs, observe, unchanged
 from engage.identity import resolver_for
 from engage.lease import Holder, Lease, held
 from engage.messages import MessageContext, WarehouseRows
 from engage.retry import with_retries
-from engage.state import RunRecord, StateStore
+from engage.state import PendingRun, RunRecord, StateStore
 from engage.warehouse import Warehouse, open_warehouse
 from engage.warehouse.capabilities import capabilities_for
 
@@ -70,6 +71,7 @@ class RunSummary:
     destinations: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     unchanged_since: str | None = None  # run id whose results provably still hold (nothing was computed)
+    next_change: str | None = None  # ISO time the results next change with no new data (freshness.py)
 
     @property
     def entered(self) -> int:
@@ -214,7 +216,13 @@ def run_space(
             lease = Lease(prepared.warehouse, space.output_schema, space.name, ttl)
             # The lease before anything is read: the generation, and so the message ids, come after it.
             with held(lease, Holder.this_process(run_id), utc_now()):
-                return Run(prepared, moment, dry_run, console, full_refresh, run_id).execute()
+                reached("lease_taken")
+                pending = StateStore(prepared.warehouse, space.output_schema).pending()
+                if pending is not None:
+                    Run(prepared, pending.as_of, False, console, False, pending).resume()
+                summary = Run(prepared, moment, dry_run, console, full_refresh, run_id=run_id).execute()
+            reached("released")
+            return summary
 
     return with_retries(attempt, project.space(space_name).config.retry, f"space {space_name}")
 
@@ -261,8 +269,11 @@ class Run:
         dry_run: bool,
         console: Console,
         full_refresh: bool,
+        pending: PendingRun | None = None,
+        *,
         run_id: str | None = None,
     ) -> None:
+        """A new run, or (`pending`) the completion of one that died delivering its staged changes."""
         self.prepared = prepared
         self.full_refresh = full_refresh
         self.inputs: Inputs | None = None
@@ -273,8 +284,8 @@ class Run:
         self.console = console
         self.state = StateStore(self.warehouse, self.space.output_schema)
         self.started = utc_now()
-        self.run_id = run_id or uuid.uuid4().hex
-        self.generation = self.state.next_generation()
+        self.run_id = pending.run_id if pending else run_id or uuid.uuid4().hex
+        self.generation = pending.generation if pending else self.state.next_generation()
 
     def execute(self) -> RunSummary:
         clock = time.monotonic()
@@ -284,6 +295,7 @@ class Run:
                 compiled = self.prepared.compile(self.as_of)
             with self.console.stage("check for new data"):
                 previous = self._unchanged_since(compiled)
+            summary.next_change = self.inputs.next_change if self.inputs else None
             if previous is not None:
                 summary.unchanged_since = previous.run_id
                 summary.definitions = [
@@ -297,6 +309,7 @@ class Run:
                          self.space.name, previous.run_id)  # fmt: skip
                 return summary
             self._compute(compiled)
+            reached("computed")
             summary.definitions = self._counts(compiled)
             if not self.dry_run:
                 summary.destinations = self._deliver_and_advance(compiled, summary)
@@ -309,6 +322,26 @@ class Run:
             "run %s space=%s generation=%s as_of=%s entered=%s exited=%s changed=%s seconds=%s dry_run=%s",
             self.run_id, self.space.name, self.generation, self.as_of.isoformat(), summary.entered,
             summary.exited, summary.changed, summary.seconds, self.dry_run,
+        )  # fmt: skip
+        return summary
+
+    def resume(self) -> RunSummary:
+        """Finishes a run that died after staging its changes: sends them again (same message ids, so
+        destinations drop what they already have) and advances the state, as that run would have."""
+        clock = time.monotonic()
+        summary = RunSummary(self.run_id, self.space.name, self.as_of, self.generation, False)
+        compiled = self.prepared.compile(self.as_of)
+        pending = PendingRun(self.run_id, self.generation, self.as_of)
+        keys = [d.key for d in compiled.definitions]
+        self.state.restore(pending, diff.CHANGES, keys)
+        summary.definitions = self._counts(compiled, sizes=False)
+        summary.destinations = self._deliver_and_advance(compiled, summary, staged=True)
+        summary.seconds = round(time.monotonic() - clock, 3)
+        log.warning(
+            "run %s space=%s generation=%s as_of=%s died after staging its changes; finished now:"
+            " entered=%s exited=%s changed=%s",
+            self.run_id, self.space.name, self.generation, self.as_of.isoformat(), summary.entered,
+            summary.exited, summary.changed,
         )  # fmt: skip
         return summary
 
@@ -336,7 +369,8 @@ class Run:
             )
             self.warehouse.create_temp_table(diff.CHANGES, changes)
 
-    def _counts(self, compiled: CompiledSpace) -> list[DefinitionCounts]:
+    def _counts(self, compiled: CompiledSpace, sizes: bool = True) -> list[DefinitionCounts]:
+        """Entered/exited/changed per definition, and (`sizes`) its members or values after the run."""
         counts = {d.key: DefinitionCounts(d.key, d.kind) for d in compiled.definitions}
         rows = self.warehouse.fetchall(
             exp.select(
@@ -353,13 +387,15 @@ class Run:
                 entry.exited = number
             else:
                 entry.changed = number
-        sizes = self.warehouse.fetchall(
+        if not sizes:
+            return list(counts.values())
+        present = self.warehouse.fetchall(
             exp.select("definition_key", exp.Count(this=exp.Distinct(expressions=[exp.column("profile_id")])))
             .from_(diff.CURRENT_LONG)
             .where(exp.column("value_text").is_(exp.null()).not_())
             .group_by("definition_key")
         )
-        for key, number in sizes:
+        for key, number in present:
             counts[key].size = number
         return list(counts.values())
 
@@ -387,28 +423,43 @@ class Run:
             )
         return deliveries
 
-    def _deliver_and_advance(self, compiled: CompiledSpace, summary: RunSummary) -> dict[str, int]:
+    def _deliver_and_advance(
+        self, compiled: CompiledSpace, summary: RunSummary, staged: bool = False
+    ) -> dict[str, int]:
+        """Stages the changes in the outbox (unless `staged`: a resumed run's are), sends them to the
+        destinations outside the warehouse, then writes the in-warehouse ones, advances the state and
+        empties the outbox in one transaction."""
+        run = PendingRun(self.run_id, self.generation, self.as_of)
         deliveries = self._deliveries(compiled)
         written: dict[str, int] = {}
         outside = [(c, d) for c, d in deliveries if not c.in_warehouse(self.warehouse)]
         inside = [(c, d) for c, d in deliveries if c.in_warehouse(self.warehouse)]
+        self.state.ensure()
+        if not staged:
+            self.state.stage(diff.CHANGES, run)
+        reached("staged")
         for connector, delivery in outside:
             with self.console.stage(f"deliver to {connector.destination}"):
                 written[connector.destination] = self._deliver(connector, delivery)
+        reached("delivered")
         with self.console.stage("write outputs and advance state"):
-            self.state.ensure()
             for connector, delivery in inside:
                 connector.prepare(delivery)
+            reached("prepared")
             with self.warehouse.transaction():
                 for connector, delivery in inside:
                     written[connector.destination] = self._deliver(connector, delivery)
+                reached("written")
                 self.state.advance(
                     diff.CHANGES,
                     diff.definitions_relation(self.space.name, compiled.definitions),
                     self.generation,
                     utc_now(),
                 )
+                self.state.unstage(run)
                 self.state.record_run(self._record("succeeded", summary, None))
+                reached("advanced")
+            reached("committed")
         return written
 
     def _deliver(self, connector: Connector, delivery: Delivery) -> int:

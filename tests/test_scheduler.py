@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,30 @@ def test_a_project_without_any_schedule_is_refused(workspace: Workspace) -> None
     result = workspace.cli("scheduler")
     assert result.exit_code == 2, result.output
     assert "no space has a schedule" in result.output
+
+
+def test_a_space_is_woken_when_a_member_ages_out_with_no_new_data(workspace: Workspace) -> None:
+    """Hourly schedule, a 1h window, and a signup 1h − 8s ago: the member leaves 8 s after the start,
+    and the scheduler runs the space then, not an hour later."""
+    workspace.write_config(CONFIG.format(sources="website") + "    schedule: {every: 1h}\n")
+    workspace.define(
+        """\
+        kind: audience
+        name: Fresh Signups
+        condition: {performed: Signed Up, within: 1h}
+        """
+    )
+    signed_up = datetime.now(UTC).replace(tzinfo=None) - timedelta(hours=1) + timedelta(seconds=8)
+    workspace.track("Signed Up", signed_up.isoformat(), user_id="u1")
+    workspace.flush()
+    process = _start(workspace)
+    try:
+        deadline = time.monotonic() + 30
+        while len(_runs_when_free(workspace)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        _, stderr = _stop(process)
+    runs = workspace.query("SELECT entered, exited FROM engage_default._engage_runs ORDER BY started_at")
+    assert runs[:2] == [(1, 0), (0, 1)], (runs, stderr)
+    assert f"next_change={(signed_up + timedelta(hours=1)).isoformat()}" in stderr, stderr
+    assert "woken at" in stderr

@@ -293,21 +293,25 @@ def test_message_ids_are_deterministic_so_a_failed_run_replays_the_same_calls(
         workspace.sync("2024-03-02T00:00:00")
     first_attempt = [m["messageId"] for m in workspace.sent()]
     # The in-warehouse rows rolled back with the state (the tables' DDL runs before the transaction, so
-    # they exist, empty); the failure is in the run log.
+    # they exist, empty); the changes wait in the outbox; the failure is in the run log.
     tables = workspace.query(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'engage_default'"
     )
     assert ("identifies",) in tables
     for (table,) in tables:
-        if table not in ("_engage_runs", "_engage_lease"):
+        if table not in ("_engage_runs", "_engage_lease", "_engage_outbox"):
             assert workspace.query(f"SELECT count(*) FROM engage_default.{table}") == [(0,)], table
     assert workspace.query("SELECT holder FROM engage_default._engage_lease") == [(None,)], "released"
+    assert workspace.query("SELECT definition_key, call FROM engage_default._engage_outbox") == [
+        ("buyers", "entered")
+    ]
     assert workspace.query("SELECT status FROM engage_default._engage_runs") == [("failed",)]
     monkeypatch.setattr(StateStore, "advance", original)
     workspace.sync("2024-03-02T00:00:00")
     replay = [m["messageId"] for m in workspace.sent()][len(first_attempt) :]
     assert replay == first_attempt
     assert workspace.query("SELECT count(*) FROM engage_default.identifies")[0][0] == 1
+    assert workspace.query("SELECT count(*) FROM engage_default._engage_outbox") == [(0,)]
 
 
 def test_message_ids_differ_between_runs_for_a_new_transition(workspace: Workspace) -> None:
@@ -503,3 +507,26 @@ def test_cli_reports_an_unchanged_run_and_full_refresh_recomputes(workspace: Wor
     assert json.loads(workspace.cli(*args, "--json").output)["status"] == "unchanged"
     refreshed = json.loads(workspace.cli(*args, "--full-refresh", "--json").output)
     assert refreshed["status"] == "succeeded" and refreshed["changed"] == 0
+
+
+def test_sync_and_status_tell_when_results_next_change_with_no_new_data(workspace: Workspace) -> None:
+    workspace.define(
+        """\
+        kind: audience
+        name: Weekly Visitors
+        condition: {performed: Product Viewed, within: 7d}
+        """
+    )
+    workspace.track("Product Viewed", "2024-05-01T10:00:00", user_id="u1")
+    workspace.track("Product Viewed", "2024-05-03T00:00:00", user_id="u2")
+    workspace.track("Product Viewed", "2024-05-20T00:00:00", user_id="u3")  # loaded early, visible later
+    first = workspace.sync("2024-05-04T00:00:00")
+    assert (first.entered, first.next_change) == (2, "2024-05-08T10:00:00")
+    status = workspace.cli("status", "--space", "default")
+    assert "next change with no new data: 2024-05-08T10:00:00 UTC" in status.output, status.output
+    just_before = workspace.sync("2024-05-08T09:59:59")
+    assert just_before.unchanged_since == first.run_id, "nothing crosses before the next change"
+    at_change = workspace.sync("2024-05-08T10:00:00")
+    assert (at_change.exited, at_change.next_change) == (1, "2024-05-10T00:00:00")
+    last = workspace.sync("2024-05-10T00:00:00")
+    assert (last.exited, last.next_change) == (1, "2024-05-20T00:00:00"), "the future-dated view is next"

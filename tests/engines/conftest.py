@@ -202,7 +202,7 @@ def _read_outputs(project_root: Path) -> dict[str, list[dict[str, Any]]]:
             sql_traits = {d.key for d in loaded if d.kind == "sql_trait"}
         tables: dict[str, list[dict[str, Any]]] = {}
         for (_, name), table in sorted(catalog.tables.items()):
-            if name == "_engage_runs":  # run ids and times differ by nature
+            if name in ("_engage_runs", "_engage_lease"):  # run ids, times and holders differ by nature
                 continue
             columns = sorted(c for c in table.columns if c not in LOAD_TIME_COLUMNS | {"updated_at"})
             query = exp.select(*columns).from_(exp.table_(name, db=space.output_schema))
@@ -264,8 +264,9 @@ def run_project(
         reader = root / "target"
         _write_config(reader, target, "{type: memory}")
         written = _read_outputs(reader)
-        assert "_engage_state" not in written, "the state stays in the warehouse that computes"
-        outcome.tables = {**written, "_engage_state": outcome.tables["_engage_state"]}
+        bookkeeping = {n: rows for n, rows in outcome.tables.items() if n.startswith("_engage_")}
+        assert not any(n.startswith("_engage_") for n in written), "the state stays where it is computed"
+        outcome.tables = {**written, **bookkeeping}
     return outcome
 
 
