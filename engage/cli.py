@@ -255,6 +255,9 @@ def status(ctx: click.Context, space: str, limit: int, as_json: bool) -> None:
     upcoming = next((_next_change(r) for r in runs if r.inputs), None)
     if upcoming:
         terminal.print(f"next change with no new data: {upcoming} UTC (an event crosses a window boundary)")
+    if latest.stages:
+        stages = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in latest.stages.items())
+        terminal.print(f"stages of the latest run: {stages}")
     if latest.summary:
         detail = Table(title="latest run per definition", title_justify="left")
         for column in ("definition", "kind", "size", "entered", "exited", "changed"):

@@ -52,6 +52,21 @@ class RichConsole(Console):
         self.terminal.print(f"[green]✓[/green] {name} [dim]{time.monotonic() - started:.2f}s[/dim]")
 
 
+class TimedConsole(Console):
+    """Passes a run's stages on to another console and keeps how long each took, for the run log."""
+
+    def __init__(self, inner: Console) -> None:
+        self.inner = inner
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        with self.inner.stage(name):
+            yield
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.monotonic() - started, 3)
+
+
 def console_for(json_output: bool) -> Console:
     if json_output:
         return NoopConsole()

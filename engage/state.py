@@ -16,7 +16,7 @@ Nothing here advances unless the caller's transaction commits (see `sync.py`).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -55,6 +55,7 @@ RUN_COLUMNS = [
     ("summary", "VARCHAR"),
     ("error", "VARCHAR"),
     ("inputs", "VARCHAR"),
+    ("stages", "VARCHAR"),
 ]
 
 
@@ -82,6 +83,9 @@ class RunRecord:
     summary: dict[str, Any]
     error: str | None
     inputs: str | None = None  # what the results were a function of (freshness.Inputs as JSON)
+    # Seconds per stage finished before the run was recorded (compile, compute, diff, each delivery).
+    # Per definition there is none to give: definitions reading the same table share one scan.
+    stages: dict[str, float] = field(default_factory=dict)
 
 
 class StateStore:
@@ -259,6 +263,7 @@ class StateStore:
             json.dumps(record.summary, sort_keys=True),
             record.error,
             record.inputs,
+            json.dumps(record.stages),  # in the order the stages ran
         ]
         insert = exp.insert(
             exp.select(*(exp.Placeholder() for _ in values)),
@@ -294,6 +299,7 @@ class StateStore:
                 summary=json.loads(r[10]) if r[10] else {},
                 error=r[11],
                 inputs=r[12],
+                stages=json.loads(r[13]) if r[13] else {},
             )
             for r in rows
         ]

@@ -25,7 +25,7 @@ from engage.catalog import Catalog
 from engage.compile.compiler import CompiledDefinition, CompiledSpace, compile_space
 from engage.config import DestinationConfig, Project, Space
 from engage.connector import Connector, Delivery, load_connector
-from engage.console import Console, NoopConsole
+from engage.console import Console, NoopConsole, TimedConsole
 from engage.definitions.loader import LoadedDefinition, load_definitions
 from engage.definitions.references import reference_errors
 from engage.errors import (
@@ -281,7 +281,7 @@ class Run:
         self.warehouse = prepared.warehouse
         self.as_of = as_of
         self.dry_run = dry_run
-        self.console = console
+        self.console = TimedConsole(console)
         self.state = StateStore(self.warehouse, self.space.output_schema)
         self.started = utc_now()
         self.run_id = pending.run_id if pending else run_id or uuid.uuid4().hex
@@ -485,6 +485,7 @@ class Run:
             summary={d.key: asdict(d) for d in summary.definitions} if summary else {},
             error=error,
             inputs=self.inputs.to_json() if self.inputs and status != "failed" else None,
+            stages=dict(self.console.seconds),
         )
 
     def _record_failure(self, err: RunError) -> None:

@@ -530,3 +530,17 @@ def test_sync_and_status_tell_when_results_next_change_with_no_new_data(workspac
     assert (at_change.exited, at_change.next_change) == (1, "2024-05-10T00:00:00")
     last = workspace.sync("2024-05-10T00:00:00")
     assert (last.exited, last.next_change) == (1, "2024-05-20T00:00:00"), "the future-dated view is next"
+
+
+def test_the_run_log_records_each_stage_s_duration(workspace: Workspace) -> None:
+    workspace.define(BUYERS)
+    workspace.track("Order Completed", "2024-03-01T00:00:00", user_id="u1", revenue=2.0)
+    workspace.sync("2024-03-02T00:00:00")
+    result = workspace.cli("status", "--space", "default", "--json")
+    (run,) = json.loads(result.output)
+    stages = run["stages"]
+    expected = {"compile", "check for new data", "compute audiences and traits", "diff against state"}
+    assert expected | {"deliver to mem"} <= set(stages), stages
+    assert all(isinstance(s, float) and s >= 0 for s in stages.values()), stages
+    text = workspace.cli("status", "--space", "default").output
+    assert "stages of the latest run: compile " in text.replace("\n", " "), text
