@@ -230,9 +230,5 @@ class BigQueryWarehouse(Warehouse):
         self.execute(exp.Create(this=target, kind="TABLE", expression=query, replace=True))
 
     def close(self) -> None:
-        for table in self._scratch:
-            try:
-                self.execute(exp.Drop(tables=[table], kind="TABLE", exists=True))
-            except WarehouseError:
-                log.warning("could not drop scratch table %s.%s", table.db, table.name)
+        self._scratch.drop(self.execute)
         self.client.close()

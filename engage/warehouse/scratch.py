@@ -8,10 +8,15 @@ keep using the bare names, which `rewrite` points at those tables.
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from sqlglot import exp
+
+from engage.errors import WarehouseError
+
+log = logging.getLogger("engage.warehouse")
 
 
 class ScratchTables:
@@ -44,3 +49,12 @@ class ScratchTables:
             return node
 
         return statement.transform(rewrite)
+
+    def drop(self, execute: Callable[[exp.Expr], None]) -> None:
+        """Drops every scratch table of the connection (`execute` runs a statement on it); one that cannot
+        be dropped is reported, not raised: the run's outcome does not depend on it."""
+        for table in self:
+            try:
+                execute(exp.Drop(tables=[table], kind="TABLE", exists=True))
+            except WarehouseError:
+                log.warning("could not drop scratch table %s.%s", table.db, table.name)

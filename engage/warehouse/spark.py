@@ -223,10 +223,6 @@ class SparkWarehouse(Warehouse):
         self.execute(exp.insert(rows, table, columns=columns, overwrite=True))
 
     def close(self) -> None:
-        for table in self._scratch:
-            try:
-                self.execute(exp.Drop(tables=[table], kind="TABLE", exists=True))
-            except WarehouseError:
-                log.warning("could not drop scratch table %s.%s", table.db, table.name)
+        self._scratch.drop(self.execute)
         if self._owns_context:
             self.session.stop()

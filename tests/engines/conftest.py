@@ -223,7 +223,11 @@ def _read_outputs(project_root: Path) -> dict[str, list[dict[str, Any]]]:
         warehouse.close()
 
 
-def _write_config(root: Path, engine: Engine, destination: str) -> None:
+MEMORY = "{type: memory, send: [identify, track]}"
+
+
+def write_config(root: Path, engine: Engine, destinations: Mapping[str, str]) -> None:
+    """A project config syncing the space `default` of `engine` to `destinations` (name → YAML block)."""
     (root / "config").mkdir(parents=True)
     (root / "config" / "engage.yaml").write_text(
         "spaces:\n"
@@ -231,9 +235,7 @@ def _write_config(root: Path, engine: Engine, destination: str) -> None:
         f"    warehouse: {engine.warehouse_yaml()}\n"
         f"    sources: [{', '.join(SOURCES)}]\n"
         "    definitions: audiences\n"
-        "    destinations:\n"
-        f"      warehouse: {destination}\n"
-        "      mem: {type: memory, send: [identify, track]}\n"
+        "    destinations:\n" + "".join(f"      {name}: {block}\n" for name, block in destinations.items())
     )
 
 
@@ -245,7 +247,9 @@ def run_project(
     written into that other warehouse (the state stays with the compute)."""
     shutil.copytree(REPO / "audiences" / "default", root / "audiences")
     elsewhere = f", warehouse: {target.warehouse_yaml()}" if target else ""
-    _write_config(root, engine, f"{{type: warehouse, send: [identify, track]{elsewhere}}}")
+    write_config(
+        root, engine, {"warehouse": f"{{type: warehouse, send: [identify, track]{elsewhere}}}", "mem": MEMORY}
+    )
     engine.land(tables)
     MemoryConnector.sent.clear()
     outcome = Outcome()
@@ -262,7 +266,7 @@ def run_project(
     outcome.tables = _read_outputs(root)
     if target is not None:
         reader = root / "target"
-        _write_config(reader, target, "{type: memory}")
+        write_config(reader, target, {"warehouse": "{type: memory}", "mem": MEMORY})
         written = _read_outputs(reader)
         bookkeeping = {n: rows for n, rows in outcome.tables.items() if n.startswith("_engage_")}
         assert not any(n.startswith("_engage_") for n in written), "the state stays where it is computed"
@@ -270,13 +274,18 @@ def run_project(
     return outcome
 
 
+def sample_sources(folder: Path, profiles: int, events: int) -> list[SourceTable]:
+    """Sample data over the 60 days before `DATA_END`, in a DuckDB file under `folder`."""
+    path = folder / "demo.duckdb"
+    with duckdb.connect(str(path)) as connection:
+        generate_demo(connection, profiles=profiles, events=events, end=DATA_END, days=60, sources=SOURCES)
+    return read_sources(path, SOURCES)
+
+
 @pytest.fixture(scope="session")
 def demo_tables(tmp_path_factory: pytest.TempPathFactory) -> list[SourceTable]:
     """The sample dataset, small: every example definition has members and values in it."""
-    path = tmp_path_factory.mktemp("demo") / "demo.duckdb"
-    with duckdb.connect(str(path)) as connection:
-        generate_demo(connection, profiles=250, events=2_500, end=DATA_END, days=60, sources=SOURCES)
-    return read_sources(path, SOURCES)
+    return sample_sources(tmp_path_factory.mktemp("demo"), profiles=250, events=2_500)
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
 
 from engage.failpoints import ENVIRONMENT, POINTS
@@ -28,10 +27,11 @@ from tests.engines.conftest import (
     AS_OFS,
     LOAD_TIME_COLUMNS,
     REPO,
-    SOURCES,
     DuckDBEngine,
     Engine,
     PostgresEngine,
+    sample_sources,
+    write_config,
 )
 from tests.engines.dataset import SourceTable
 from tests.engines.postgres import PostgresServer
@@ -52,17 +52,11 @@ def _write_project(root: Path, engine: Engine) -> None:
     (root / "audiences").mkdir(parents=True)
     for name in DEFINITIONS:
         shutil.copy(REPO / "audiences" / "default" / name, root / "audiences" / name)
-    (root / "config").mkdir()
-    (root / "config" / "engage.yaml").write_text(
-        "spaces:\n"
-        "  default:\n"
-        f"    warehouse: {engine.warehouse_yaml()}\n"
-        f"    sources: [{', '.join(SOURCES)}]\n"
-        "    definitions: audiences\n"
-        "    destinations:\n"
-        "      warehouse: {type: warehouse, send: [identify, track]}\n"
-        "      export: {type: jsonl, path: out/calls.jsonl, batch_size: 25}\n"
-    )
+    destinations = {
+        "warehouse": "{type: warehouse, send: [identify, track]}",
+        "export": "{type: jsonl, path: out/calls.jsonl, batch_size: 25}",
+    }
+    write_config(root, engine, destinations)
 
 
 def _sync(root: Path, as_of: str, kill_at: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -128,14 +122,7 @@ def _kill_and_rerun(root: Path, point: str, then: str = T2) -> None:
 @pytest.fixture(scope="module")
 def small_demo(tmp_path_factory: pytest.TempPathFactory) -> list[SourceTable]:
     """The sample data, smaller than the differential net's: a run takes about a second."""
-    from engage.demo import generate_demo
-    from tests.engines.conftest import DATA_END
-    from tests.engines.dataset import read_sources
-
-    path = tmp_path_factory.mktemp("small-demo") / "demo.duckdb"
-    with duckdb.connect(str(path)) as connection:
-        generate_demo(connection, profiles=80, events=800, end=DATA_END, days=60, sources=SOURCES)
-    return read_sources(path, SOURCES)
+    return sample_sources(tmp_path_factory.mktemp("small-demo"), profiles=80, events=800)
 
 
 @pytest.fixture(scope="module")
