@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,13 +19,14 @@ from rich.console import Console as RichTerminal
 from rich.table import Table
 
 from engage import __version__
-from engage.config import Project, find_project_root, load_project
+from engage.config import ProfilesSyncIdentity, Project, find_project_root, load_project
 from engage.console import console_for
-from engage.errors import EngageError, InputErrors
+from engage.errors import ConfigError, EngageError, InputErrors
 from engage.freshness import Inputs
+from engage.identity_graph import materialize
 from engage.scheduler import RunLog, Scheduler
 from engage.state import RunRecord, StateStore
-from engage.sync import RunSummary, open_readonly, parse_as_of, prepare, run_space
+from engage.sync import RunSummary, open_readonly, open_writable, parse_as_of, prepare, run_space
 from engage.warehouse.capabilities import BY_DIALECT
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -267,6 +269,37 @@ def status(ctx: click.Context, space: str, limit: int, as_json: bool) -> None:
                 key, d["kind"], str(d["size"]), str(d["entered"]), str(d["exited"]), str(d["changed"])
             )
         terminal.print(detail)
+
+
+@main.command()
+@click.option("--space", default="default", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@click.pass_context
+@handles_errors
+def identity(ctx: click.Context, space: str, as_json: bool) -> None:
+    """Materialize id_graph, external_id_mapping and profile_traits from Profiles Sync's landed tables.
+
+    Rebuilds the three tables in the space's identity output_schema, in the warehouse, and prints the
+    counts: live profiles, segment ids, merged ids, the longest merge chain, external ids."""
+    selected = _project(ctx).space(space)
+    config = selected.config.identity
+    if not isinstance(config, ProfilesSyncIdentity):
+        raise ConfigError(
+            "engage identity needs `identity: {type: profiles_sync, schema: …}`", selected.locate("identity")
+        )
+    warehouse = open_writable(selected)
+    try:
+        counts = materialize(warehouse, config.schema_, config.resolved_output_schema)
+    finally:
+        warehouse.close()
+    if as_json:
+        click.echo(json.dumps(asdict(counts), indent=2))
+        return
+    click.echo(
+        f"space {space}: {counts.profiles} profiles from {counts.segment_ids} segment ids ({counts.merged}"
+        f" merged, longest merge chain {counts.depth}), {counts.external_ids} external ids"
+        f" -> {config.resolved_output_schema}.id_graph, external_id_mapping, profile_traits"
+    )
 
 
 def _next_change(record: RunRecord) -> str | None:

@@ -123,10 +123,26 @@ WarehouseConfig = Annotated[
 ]
 
 
-class IdentityConfig(_Model):
-    """How events resolve to profiles (SPEC §6). `none`: user_id, else anonymous_id."""
+class NoIdentity(_Model):
+    """`none`: a profile is the row's user_id, else its anonymous_id (SPEC §1)."""
 
     type: Literal["none"] = "none"
+
+
+class ProfilesSyncIdentity(_Model):
+    """Segment's Profiles Sync (SPEC §6): `schema` holds what Segment lands; engage materializes
+    `id_graph`, `external_id_mapping` and `profile_traits` in `output_schema` (default: `schema`)."""
+
+    type: Literal["profiles_sync"]
+    schema_: str = Field(alias="schema")
+    output_schema: str | None = None
+
+    @property
+    def resolved_output_schema(self) -> str:
+        return self.output_schema or self.schema_
+
+
+IdentityConfig = Annotated[NoIdentity | ProfilesSyncIdentity, Field(discriminator="type")]
 
 
 class RetryConfig(_Model):
@@ -195,7 +211,7 @@ Schedule = Annotated[
 class SpaceConfig(_Model):
     warehouse: WarehouseConfig
     sources: list[str] = Field(min_length=1)
-    identity: IdentityConfig = IdentityConfig()
+    identity: IdentityConfig = NoIdentity()
     definitions: str = "audiences"
     schedule: Schedule | None = None
     retry: RetryConfig = RetryConfig()

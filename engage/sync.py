@@ -138,6 +138,14 @@ def prepare(project: Project, space_name: str, *, read_only: bool = False) -> It
     problems: list[InputError] = []
     definitions = load_definitions(space.definitions_dir, project.root, space.config.warehouse.type, problems)
     connectors = [_connector(space, name, config) for name, config in space.config.destinations.items()]
+    if space.config.identity.type != "none":
+        problems.append(
+            ConfigError(
+                f"identity type {space.config.identity.type}: audiences per canonical profile are not"
+                " built yet; `engage identity` materializes the Profiles Sync tables",
+                space.locate("identity", "type"),
+            )
+        )
     if not _database_exists(space):
         raise_all(problems)  # the definitions' own errors first, then the missing database
     _require_database(space)
@@ -182,6 +190,12 @@ def _require_database(space: Space) -> None:
             f"warehouse file {config.path} does not exist; run `engage demo` to create sample data",
             space.locate("warehouse", "path"),
         )
+
+
+def open_writable(space: Space) -> Warehouse:
+    """A connection to an existing warehouse that may write (`engage identity`)."""
+    _require_database(space)
+    return open_warehouse(space)
 
 
 def open_readonly(space: Space) -> Warehouse:

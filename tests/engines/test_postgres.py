@@ -13,6 +13,7 @@ import pytest
 
 from engage.config import PostgresWarehouseConfig
 from engage.errors import Location, SpaceBusyError
+from engage.identity_graph import materialize
 from engage.lease import Holder, Lease
 from engage.sync import utc_now
 from engage.warehouse.postgres import PostgresWarehouse
@@ -151,3 +152,80 @@ def _race(warehouses: Sequence[PostgresWarehouse], round_: int) -> tuple[list[Ho
     for thread in threads:
         thread.join()
     return winners, refusals
+
+
+def test_profiles_sync_tables_build_on_postgres_as_on_duckdb(
+    postgres_database: tuple[PostgresServer, str],
+) -> None:
+    """The seed's case study, plus p3 merging into p2 after p2 merged into p1 (no recursive entry)."""
+    server, database = postgres_database
+    graph = [
+        ("r1", "profile_1", "profile_1", "2022-05-02 14:01:00", 1),
+        ("r2", "profile_2", "profile_2", "2022-06-22 10:47:15", 2),
+        ("r3", "profile_2", "profile_1", "2022-06-22 10:48:00", 3),
+        ("r4", "profile_3", "profile_2", "2022-07-01 00:00:00", None),
+    ]
+    external = [
+        ("e1", "profile_1", "anonymous_id", "5285bc35-05ef-4d21", "2022-05-02 14:01:00", 1),
+        ("e2", "profile_1", "email", "jane@example.com", "2022-05-02 14:01:47", 2),
+        ("e3", "profile_2", "anonymous_id", "b50e18a5-1b8d-451c", "2022-06-22 10:48:00", 3),
+    ]
+    with server.connect(database) as connection:
+        connection.execute("CREATE SCHEMA profiles")
+        connection.execute(
+            "CREATE TABLE profiles.id_graph_updates (id TEXT, segment_id TEXT, canonical_segment_id TEXT,"
+            " timestamp TIMESTAMP, seq BIGINT, uuid_ts TIMESTAMP)"
+        )
+        for row in graph:
+            connection.execute(
+                "INSERT INTO profiles.id_graph_updates VALUES (%s, %s, %s, %s, %s, %s)", [*row, row[3]]
+            )
+        connection.execute(
+            "CREATE TABLE profiles.external_id_mapping_updates (id TEXT, segment_id TEXT, external_id_type TEXT,"
+            " external_id_value TEXT, external_id_hash TEXT, timestamp TIMESTAMP, seq BIGINT, uuid_ts TIMESTAMP)"
+        )
+        for id_, segment, kind, value, moment, seq in external:
+            connection.execute(
+                "INSERT INTO profiles.external_id_mapping_updates VALUES (%s, %s, %s, %s, md5(%s), %s, %s, %s)",
+                [id_, segment, kind, value, f"{kind}:{value}", moment, seq, moment],
+            )
+        connection.execute(
+            "CREATE TABLE profiles.profile_traits_updates (id TEXT, segment_id TEXT, plan TEXT,"
+            " timestamp TIMESTAMP, seq BIGINT, uuid_ts TIMESTAMP)"
+        )
+        connection.execute(
+            "INSERT INTO profiles.profile_traits_updates VALUES"
+            " ('t1', 'profile_3', 'pro', '2022-07-02', 9, '2022-07-02'),"
+            " ('t2', 'profile_1', 'free', '2022-05-03', 4, '2022-05-03')"
+        )
+    config = PostgresWarehouseConfig(
+        type="postgres", host=server.host, port=server.port, database=database, user=server.user,
+        password=server.password,
+    )  # fmt: skip
+    warehouse = PostgresWarehouse(config, lambda field: Location(Path("engage.yaml"), 1, field))
+    try:
+        counts = materialize(warehouse, "profiles", "profiles_out")
+    finally:
+        warehouse.close()
+    assert (counts.profiles, counts.segment_ids, counts.merged, counts.depth, counts.external_ids) == (
+        1,
+        3,
+        2,
+        2,
+        3,
+    )
+    with server.connect(database) as connection:
+        mapping = connection.execute(
+            "SELECT external_id_value, canonical_segment_id FROM profiles_out.external_id_mapping ORDER BY 1"
+        ).fetchall()
+        traits = connection.execute(
+            "SELECT canonical_segment_id, plan, merged_to FROM profiles_out.profile_traits ORDER BY 1"
+        ).fetchall()
+    assert mapping == [
+        ("5285bc35-05ef-4d21", "profile_1"), ("b50e18a5-1b8d-451c", "profile_1"), ("jane@example.com", "profile_1")
+    ]  # fmt: skip
+    assert traits == [
+        ("profile_1", "pro", None),
+        ("profile_2", None, "profile_1"),
+        ("profile_3", None, "profile_1"),
+    ]
