@@ -94,32 +94,33 @@ def _jump(walk: str) -> exp.Query:
 def build_id_graph(warehouse: Warehouse, source_schema: str, output_schema: str) -> GraphCounts:
     """Rebuilds `output_schema.id_graph` from the whole of `source_schema.id_graph_updates`."""
     warehouse.create_temp_table(_LATEST, _latest_rows(source_schema))
+    walk, other = _WALK, _NEXT  # each pass writes the other table from this one: no copy per pass
     warehouse.create_temp_table(
-        _WALK, exp.select("segment_id", exp.alias_("points_at", "target")).from_(_LATEST)
+        walk, exp.select("segment_id", exp.alias_("points_at", "target")).from_(_LATEST)
     )
     passes = 0
     while True:
         if passes == MAX_PASSES:
             raise DataError(f"{source_schema}.{UPDATES}: merges form a loop (no end after {passes} passes)")
         passes += 1
-        warehouse.create_temp_table(_NEXT, _jump(_WALK))
+        warehouse.create_temp_table(other, _jump(walk))
         changed = warehouse.fetchall(
             exp.select(exp.Count(this=exp.Star()))
-            .from_(exp.table_(_NEXT, alias="n"))
+            .from_(exp.table_(other, alias="n"))
             .join(
-                exp.table_(_WALK, alias="o"),
+                exp.table_(walk, alias="o"),
                 on=exp.column("segment_id", "n").eq(exp.column("segment_id", "o")),
             )
             .where(exp.column("target", "n").neq(exp.column("target", "o")))
         )[0][0]
-        warehouse.create_temp_table(_WALK, exp.select("segment_id", "target").from_(_NEXT))
+        walk, other = other, walk
         if not changed:
             break
     # A chain ends at an id that has not merged away; where the walk stopped elsewhere, merges form a loop
     # (pointer jumping settles on some member of it).
     looped = warehouse.fetchall(
         exp.select("w.segment_id")
-        .from_(exp.table_(_WALK, alias="w"))
+        .from_(exp.table_(walk, alias="w"))
         .join(exp.table_(_LATEST, alias="l"), on=exp.column("segment_id", "l").eq(exp.column("target", "w")))
         .where(exp.column("points_at", "l").neq(exp.column("target", "w")))
         .order_by("w.segment_id")
@@ -137,9 +138,7 @@ def build_id_graph(warehouse: Warehouse, source_schema: str, output_schema: str)
             exp.column("uuid_ts", "l"),
         )
         .from_(exp.table_(_LATEST, alias="l"))
-        .join(
-            exp.table_(_WALK, alias="w"), on=exp.column("segment_id", "w").eq(exp.column("segment_id", "l"))
-        )
+        .join(exp.table_(walk, alias="w"), on=exp.column("segment_id", "w").eq(exp.column("segment_id", "l")))
     )
     columns = [(c, exp.DataType.build(t)) for c, t in ID_GRAPH_COLUMNS]
     _rebuild(warehouse, output_schema, ID_GRAPH, columns, graph)
@@ -158,7 +157,7 @@ def build_id_graph(warehouse: Warehouse, source_schema: str, output_schema: str)
 
 def _depth(warehouse: Warehouse) -> int:
     """The longest merge chain: single steps from every merged id while some chain still moves."""
-    hops, moving = "__engage_id_hops", "__engage_id_hops_next"
+    hops, moving = "__engage_id_hops", "__engage_id_hops_next"  # alternated: no copy per step
     merged = exp.column("points_at").neq(exp.column("segment_id"))
     warehouse.create_temp_table(
         hops, exp.select("segment_id", exp.alias_("points_at", "at")).from_(_LATEST).where(merged)
@@ -173,7 +172,7 @@ def _depth(warehouse: Warehouse) -> int:
             .where(exp.column("points_at", "l").neq(exp.column("segment_id", "l")))
         )
         warehouse.create_temp_table(moving, step)
-        warehouse.create_temp_table(hops, exp.select("*").from_(moving))
+        hops, moving = moving, hops
     return depth
 
 

@@ -107,19 +107,7 @@ class Lease:
             "acquired_at": _moment(now),
             "expires_at": _moment(now + self.ttl if now else None),
         }
-        if self.warehouse.capabilities.row_updates:
-            assignments = [exp.EQ(this=exp.column(c), expression=v) for c, v in values.items()]
-            where = exp.Where(this=matches)
-            self.warehouse.execute(exp.Update(this=self.table.copy(), expressions=assignments, where=where))
-            return
-        swapped = exp.select(
-            "space",
-            *(
-                exp.alias_(exp.case().when(matches.copy(), v).else_(exp.column(c)), c)
-                for c, v in values.items()
-            ),
-        ).from_(self.table.copy())
-        self.warehouse.overwrite(self.table.copy(), swapped)
+        self.warehouse.update_rows(self.table, values, matches)
 
     def acquire(self, holder: Holder, now: datetime) -> None:
         """Takes the lease for `holder`, or raises `SpaceBusyError` naming who holds it."""

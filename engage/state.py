@@ -105,11 +105,15 @@ class StateStore:
     def ensure(self) -> None:
         self.warehouse.ensure_schema(self.schema)
         for name, columns in ((STATE_TABLE, STATE_COLUMNS), (RUNS_TABLE, RUN_COLUMNS)):
-            self.warehouse.ensure_table(self.schema, name, [(c, exp.DataType.build(t)) for c, t in columns])
-            existing = self.warehouse.table_columns(self.schema, name)
-            for column, kind in columns:
-                if column not in existing:  # a state table from an older engage
-                    self.warehouse.add_column(self.schema, name, column, exp.DataType.build(kind))
+            self._ensure_table(name, [(c, exp.DataType.build(t)) for c, t in columns])
+
+    def _ensure_table(self, name: str, columns: list[tuple[str, exp.DataType]]) -> None:
+        """The table with every column of `columns`, adding those a table from an older engage lacks."""
+        self.warehouse.ensure_table(self.schema, name, columns)
+        existing = self.warehouse.table_columns(self.schema, name)
+        for column, kind in columns:
+            if column not in existing:
+                self.warehouse.add_column(self.schema, name, column, kind)
 
     def previous(self) -> exp.Query:
         """The state rows, or an empty relation of the same shape before the first run."""
@@ -130,8 +134,8 @@ class StateStore:
 
     def advance(self, changes: str, fingerprints: exp.Query, generation: int, now: datetime) -> None:
         """Applies a run's changes: drops rows of definitions whose logic changed, replaces the rows of
-        every changed (definition, trait key, profile), and inserts the new present values. Engines
-        without row updates get the state's whole new contents written over it."""
+        every changed (definition, trait key, profile), and inserts the new present values (engines without
+        row updates rewrite the kept rows once, `Warehouse.delete_rows`)."""
         state = self.table(STATE_TABLE)
         stale = (
             exp.select(exp.Literal.number(1))
@@ -172,16 +176,7 @@ class StateStore:
             .from_(exp.table_(changes, alias="c"))
             .where(exp.column("present", "c"))
         )
-        if not self.warehouse.capabilities.row_updates:
-            kept = (
-                exp.select(*columns)
-                .from_(state.copy())
-                .where(exp.and_(exp.not_(exp.Exists(this=stale)), exp.not_(exp.Exists(this=replaced))))
-            )
-            self.warehouse.overwrite(state, exp.union(kept, fresh, distinct=False))
-            return
-        self.warehouse.execute(exp.delete(state, where=exp.Exists(this=stale)))
-        self.warehouse.execute(exp.delete(state.copy(), where=exp.Exists(this=replaced)))
+        self.warehouse.delete_rows(state, [exp.Exists(this=stale), exp.Exists(this=replaced)])
         self.warehouse.execute(exp.insert(fresh, state.copy(), columns=columns))
 
     # -- the outbox ---------------------------------------------------------------------------------------
@@ -189,12 +184,7 @@ class StateStore:
         """Commits a run's changes to the outbox (DDL first: some engines commit at DDL)."""
         columns = self.warehouse.query_columns(exp.select("*").from_(changes))
         table = [(c, exp.DataType.build(t)) for c, t in OUTBOX_RUN_COLUMNS]
-        table += [(c, sql_type(t)) for c, t in columns.items()]
-        self.warehouse.ensure_table(self.schema, OUTBOX_TABLE, table)
-        existing = self.warehouse.table_columns(self.schema, OUTBOX_TABLE)
-        for column, kind in table:
-            if column not in existing:
-                self.warehouse.add_column(self.schema, OUTBOX_TABLE, column, kind)
+        self._ensure_table(OUTBOX_TABLE, table + [(c, sql_type(t)) for c, t in columns.items()])
         keys = [
             exp.Literal.string(run.run_id),
             exp.Literal.number(run.generation),
@@ -240,13 +230,8 @@ class StateStore:
 
     def unstage(self, run: PendingRun) -> None:
         """Empties the outbox of `run`, in the transaction that advances the state."""
-        outbox = self.table(OUTBOX_TABLE)
-        other = exp.column("run_id").neq(exp.Literal.string(run.run_id))
-        if self.warehouse.capabilities.row_updates:
-            self.warehouse.execute(exp.delete(outbox, where=exp.not_(other)))
-            return
-        columns = list(self.warehouse.table_columns(self.schema, OUTBOX_TABLE))
-        self.warehouse.overwrite(outbox, exp.select(*columns).from_(outbox.copy()).where(other))
+        its_rows = exp.column("run_id").eq(exp.Literal.string(run.run_id))
+        self.warehouse.delete_rows(self.table(OUTBOX_TABLE), [its_rows])
 
     def record_run(self, record: RunRecord) -> None:
         values = [

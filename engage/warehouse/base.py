@@ -128,6 +128,35 @@ class Warehouse(ABC):
             )
         )
 
+    def delete_rows(self, table: exp.Table, conditions: Sequence[exp.Expr]) -> None:
+        """Deletes the rows of `table` matching any of `conditions` (which may refer to the table by its
+        name): a DELETE per condition, or, without row updates, the other rows written over the table."""
+        if self.capabilities.row_updates:
+            for condition in conditions:
+                self.execute(exp.delete(table.copy(), where=condition))
+            return
+        columns = list(self.table_columns(table.db, table.name))
+        kept = exp.and_(*(exp.not_(c) for c in conditions))
+        self.overwrite(table, exp.select(*columns).from_(table.copy()).where(kept))
+
+    def update_rows(self, table: exp.Table, values: dict[str, exp.Expr], condition: exp.Expr) -> None:
+        """Sets `values` on the rows of `table` matching `condition`, in one statement: an UPDATE, or, without
+        row updates, the whole table written over itself."""
+        if self.capabilities.row_updates:
+            assignments = [exp.EQ(this=exp.column(c), expression=v) for c, v in values.items()]
+            self.execute(
+                exp.Update(this=table.copy(), expressions=assignments, where=exp.Where(this=condition))
+            )
+            return
+        columns = list(self.table_columns(table.db, table.name))
+        updated = [
+            exp.alias_(exp.case().when(condition.copy(), values[c]).else_(exp.column(c)), c)
+            if c in values
+            else exp.column(c)
+            for c in columns
+        ]
+        self.overwrite(table, exp.select(*updated).from_(table.copy()))
+
     def overwrite(self, table: exp.Table, query: exp.Query) -> None:
         """Replaces the rows of `table` with those of `query`, which may read `table` itself: for engines
         without row updates. Here, for any engine with DELETE (tests run the fallback on DuckDB): the new
