@@ -1,25 +1,36 @@
 """Profiles Sync's id_graph built in the warehouse (SPEC §6): the seed's case study, and merge chains that
-land without their recursive entries, out of order, twice, or with a backfilled creation row."""
+land without their recursive entries, out of order, twice, or with a backfilled creation row; each of these
+landed in two batches, materialized incrementally, ends in the tables a full refresh gives."""
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pytest
+from sqlglot import exp
 
 from engage.errors import DataError
-from engage.identity_graph import build_external_ids, build_id_graph, build_profile_traits
+from engage.identity_graph import (
+    PROFILE_TRAITS,
+    IdentityCounts,
+    build_external_ids,
+    build_id_graph,
+    build_profile_traits,
+    materialize,
+)
 from engage.warehouse.duckdb import DuckDBWarehouse
-from tests.conftest import CONFIG, Workspace
 
 # (id, segment_id, canonical_segment_id, timestamp, seq, uuid_ts)
 Row = tuple[str, str, str, str | None, int | None, str]
+# (id, segment_id, external_id_type, external_id_value, timestamp, seq, uuid_ts)
+Observation = tuple[str, str, str, str, str, int | None, str]
+# (id, segment_id, email, plan, seq, uuid_ts)
+TraitRow = tuple[str, str, str | None, str | None, int | None, str]
 
 
 @pytest.fixture
@@ -29,13 +40,14 @@ def warehouse(tmp_path: Path) -> Iterator[DuckDBWarehouse]:
     connection.close()
 
 
-def _land(con: duckdb.DuckDBPyConnection, rows: Sequence[Row]) -> None:
+def _land(con: duckdb.DuckDBPyConnection, rows: Sequence[Row], *, append: bool = False) -> None:
     con.execute("CREATE SCHEMA IF NOT EXISTS profiles")
-    con.execute(
-        "CREATE OR REPLACE TABLE profiles.id_graph_updates (id VARCHAR, segment_id VARCHAR,"
-        " canonical_segment_id VARCHAR, triggering_event_type VARCHAR, triggering_event_id VARCHAR,"
-        " timestamp TIMESTAMP, seq BIGINT, received_at TIMESTAMP, uuid_ts TIMESTAMP)"
-    )
+    if not append:
+        con.execute(
+            "CREATE OR REPLACE TABLE profiles.id_graph_updates (id VARCHAR, segment_id VARCHAR,"
+            " canonical_segment_id VARCHAR, triggering_event_type VARCHAR, triggering_event_id VARCHAR,"
+            " timestamp TIMESTAMP, seq BIGINT, received_at TIMESTAMP, uuid_ts TIMESTAMP)"
+        )
     for id_, segment, canonical, moment, seq, landed in rows:
         con.execute(
             "INSERT INTO profiles.id_graph_updates VALUES (?, ?, ?, 'page', ?, ?, ?, ?, ?)",
@@ -132,25 +144,27 @@ def test_merges_that_form_a_loop_are_reported(warehouse: DuckDBWarehouse) -> Non
 
 def _land_identities(
     con: duckdb.DuckDBPyConnection,
-    external: Sequence[tuple[str, str, str, str, str, int | None, str]],
-    traits: Sequence[tuple[str, str, str | None, str | None, int | None, str]],
+    external: Sequence[Observation],
+    traits: Sequence[TraitRow],
+    *,
+    append: bool = False,
 ) -> None:
-    """external: (id, segment_id, type, value, timestamp, seq, uuid_ts);
-    traits: (id, segment_id, email, plan, seq, uuid_ts), each at its uuid_ts."""
-    con.execute(
-        "CREATE OR REPLACE TABLE profiles.external_id_mapping_updates (id VARCHAR, segment_id VARCHAR,"
-        " external_id_type VARCHAR, external_id_value VARCHAR, external_id_hash VARCHAR, timestamp TIMESTAMP,"
-        " seq BIGINT, received_at TIMESTAMP, uuid_ts TIMESTAMP)"
-    )
+    """Observations of external ids, and trait rows at their uuid_ts."""
+    if not append:
+        con.execute(
+            "CREATE OR REPLACE TABLE profiles.external_id_mapping_updates (id VARCHAR, segment_id VARCHAR,"
+            " external_id_type VARCHAR, external_id_value VARCHAR, external_id_hash VARCHAR, timestamp TIMESTAMP,"
+            " seq BIGINT, received_at TIMESTAMP, uuid_ts TIMESTAMP)"
+        )
+        con.execute(
+            "CREATE OR REPLACE TABLE profiles.profile_traits_updates (id VARCHAR, segment_id VARCHAR,"
+            " email VARCHAR, plan VARCHAR, timestamp TIMESTAMP, seq BIGINT, received_at TIMESTAMP, uuid_ts TIMESTAMP)"
+        )
     for id_, segment, kind, value, moment, seq, landed in external:
         con.execute(
             "INSERT INTO profiles.external_id_mapping_updates VALUES (?, ?, ?, ?, md5(? || ':' || ?), ?, ?, ?, ?)",
             [id_, segment, kind, value, kind, value, moment, seq, landed, landed],
         )
-    con.execute(
-        "CREATE OR REPLACE TABLE profiles.profile_traits_updates (id VARCHAR, segment_id VARCHAR,"
-        " email VARCHAR, plan VARCHAR, timestamp TIMESTAMP, seq BIGINT, received_at TIMESTAMP, uuid_ts TIMESTAMP)"
-    )
     for id_, segment, email, plan, seq, landed in traits:
         con.execute(
             "INSERT INTO profiles.profile_traits_updates VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -163,7 +177,7 @@ SEED_GRAPH: list[Row] = [
     ("r2", "profile_2", "profile_2", "2022-06-22 10:47:15", 2, "2022-06-22 11:00:00"),
     ("r3", "profile_2", "profile_1", "2022-06-22 10:48:00", 3, "2022-06-22 11:00:00"),
 ]
-SEED_EXTERNAL = [
+SEED_EXTERNAL: list[Observation] = [
     (
         "e1",
         "profile_1",
@@ -264,44 +278,296 @@ def test_a_trait_keeps_its_latest_non_null_value_over_every_merged_id(warehouse:
     ]
 
 
-# -- engage identity ---------------------------------------------------------------------------------------
-IDENTITY = "    identity: {type: profiles_sync, schema: profiles, output_schema: profiles_out}\n"
+# -- incremental runs --------------------------------------------------------------------------------------
+# The second batch lands a day after the first. An incremental run reads again the rows landed within the
+# lookback before the watermark (here, the whole first batch, landed at the watermark): without it, it
+# starts from what the first run kept.
+FIRST_LANDING = datetime(2024, 6, 1)
+LOOKBACKS = {"first_batch_read_again": timedelta(hours=1), "no_lookback": timedelta(0)}
+OUTPUTS = (
+    "id_graph",
+    "external_id_mapping",
+    "profile_traits",
+    "_engage_id_latest",
+    "_engage_external_latest",
+)
 
 
-def _seed_project(workspace: Workspace) -> None:
-    workspace.write_config(CONFIG.format(sources="website") + IDENTITY)
-    with workspace.connect() as con:
-        _land(con, SEED_GRAPH)
-        _land_identities(con, SEED_EXTERNAL, [("t1", "profile_1", "jane@example.com", None, 1, "2022-05-02")])
+@dataclass(frozen=True)
+class Batch:
+    """Rows landing together; each row's uuid_ts becomes the batch's landing time."""
+
+    graph: Sequence[Row] = ()
+    external: Sequence[Observation] = ()
+    traits: Sequence[TraitRow] = ()
+
+    def land(self, con: duckdb.DuckDBPyConnection, at: datetime) -> None:
+        landed = str(at)
+        _land(con, [(*r[:-1], landed) for r in self.graph], append=True)
+        _land_identities(
+            con,
+            [(*r[:-1], landed) for r in self.external],
+            [(*r[:-1], landed) for r in self.traits],
+            append=True,
+        )
 
 
-def test_engage_identity_materializes_the_tables_and_prints_counts(workspace: Workspace) -> None:
-    _seed_project(workspace)
-    result = workspace.cli("identity", "--space", "default", "--json")
-    assert result.exit_code == 0, result.output
-    counts = json.loads(result.output)
-    assert counts == {"profiles": 1, "segment_ids": 2, "merged": 1, "depth": 1, "external_ids": 3}
-    text = workspace.cli("identity", "--space", "default").output
-    assert "1 profiles from 2 segment ids (1 merged, longest merge chain 1), 3 external ids" in text, text
-    assert workspace.query("SELECT count(*) FROM profiles_out.id_graph") == [(2,)]
+@dataclass(frozen=True)
+class Case:
+    first: Batch
+    second: Batch
+    canonicals: dict[str, str]
+    traits: list[tuple[str, str | None, str | None, str | None]]  # (segment_id, email, plan, merged_to)
+    mapping: list[tuple[str, str, str]] = field(default_factory=list)  # (type, value, canonical)
 
 
-def test_sync_refuses_an_identity_it_cannot_compute_yet_naming_the_setting(workspace: Workspace) -> None:
-    _seed_project(workspace)
-    result = workspace.cli("sync", "--space", "default")
-    assert result.exit_code == 2, result.output
-    assert re.search(
-        r"config/engage.yaml:\d+: spaces\.default\.identity\.type: identity type profiles_sync", result.output
+CHAIN_TRAITS: list[TraitRow] = [
+    ("a", "p4", None, "free", 5, ""),
+    ("b", "p2", None, "pro", 6, ""),
+    ("c", "p3", "x@example.com", None, 7, ""),
+    ("d", "p1", None, "enterprise", None, ""),  # backfilled: never overrides a sequenced value
+    ("e", "p4", None, None, 8, ""),  # nulls never erase a value
+]
+CHAIN_EXTERNAL: list[Observation] = [
+    ("x4", "p4", "anonymous_id", "anon-4", "2024-01-04 00:00:00", 4, ""),
+    ("x3", "p3", "email", "x@example.com", "2024-01-03 00:00:00", 3, ""),
+    ("x2", "p2", "anonymous_id", "anon-2", "2024-01-02 00:00:00", 2, ""),
+]
+CHAIN_MAPPING = [
+    ("anonymous_id", "anon-2", "p1"),
+    ("anonymous_id", "anon-4", "p1"),
+    ("email", "x@example.com", "p1"),
+]
+IN_P1 = [
+    ("p1", "x@example.com", "pro", None),
+    ("p2", None, None, "p1"),
+    ("p3", None, None, "p1"),
+    ("p4", None, None, "p1"),
+]
+M1 = ("m1", "p1", "p0", "2024-04-01 00:00:00", 20, "")
+
+
+def _chain_case(first: Sequence[Row], second: Sequence[Row]) -> Case:
+    """The chain's merges in two batches, its trait rows and observations split between them."""
+    return Case(
+        Batch(first, CHAIN_EXTERNAL[:2], CHAIN_TRAITS[:3]),
+        Batch(second, CHAIN_EXTERNAL[2:], CHAIN_TRAITS[3:]),
+        ALL_IN_P1,
+        IN_P1,
+        CHAIN_MAPPING,
     )
 
 
-def test_engage_identity_without_profiles_sync_config_or_tables_says_what_is_missing(
-    workspace: Workspace,
+AGAIN: Observation = ("e4", "profile_3", "email", "jane@example.com", "2022-07-01 00:00:00", 4, "")
+R4: Row = ("r4", "profile_3", "profile_3", "2022-07-01 00:00:00", 4, "")
+SEED_TRAITS: list[TraitRow] = [
+    ("t1", "profile_1", "jane@example.com", None, 1, ""),
+    ("t2", "profile_2", None, "pro", 3, ""),
+]
+JANE_ON_PROFILE_3 = Case(
+    Batch([*SEED_GRAPH, R4], SEED_EXTERNAL),
+    Batch(external=[AGAIN]),
+    {"profile_1": "profile_1", "profile_2": "profile_1", "profile_3": "profile_3"},
+    [
+        ("profile_1", None, None, None),
+        ("profile_2", None, None, "profile_1"),
+        ("profile_3", None, None, None),
+    ],
+    [
+        ("anonymous_id", "5285bc35-05ef-4d21", "profile_1"),
+        ("anonymous_id", "b50e18a5-1b8d-451c", "profile_1"),
+        ("email", "jane@example.com", "profile_3"),
+    ],
+)
+CASES = {
+    "chain_without_recursive_entries": _chain_case(CHAIN[:5], CHAIN[5:]),
+    "reverse_order": _chain_case(CHAIN[:3:-1], CHAIN[3::-1]),  # the merges land first, the creations after
+    "late_landing": _chain_case([*CHAIN[:5], CHAIN[6]], [CHAIN[5]]),  # p3 → p2, of February, lands in June
+    "duplicates": _chain_case(CHAIN, CHAIN[4:]),  # the second batch lands the merges again
+    "backfill": _chain_case(CHAIN, [("b2", "p2", "p2", None, None, "")]),  # p2's creation, without seq
+    # p1 merges away: every id merged into it in the first batch follows, with its traits and external ids
+    "canonical_merges_away": Case(
+        Batch([("c0", "p0", "p0", "2024-01-01 00:00:00", 1, ""), *CHAIN], CHAIN_EXTERNAL, CHAIN_TRAITS),
+        Batch([M1]),
+        {"p0": "p0", "p1": "p0", "p2": "p0", "p3": "p0", "p4": "p0"},
+        [("p0", "x@example.com", "pro", None), *((p, None, None, "p0") for p in ("p1", "p2", "p3", "p4"))],
+        [(kind, value, "p0") for kind, value, _ in CHAIN_MAPPING],
+    ),
+    # a later merge of p2 into p0: p1 stays live, without p2's plan
+    "merge_redirected_to_another_profile": Case(
+        Batch(
+            [*(("c" + p[1], p, p, "2024-01-01 00:00:00", 1, "") for p in ("p0", "p1", "p2")), CHAIN[4]],
+            CHAIN_EXTERNAL[2:],
+            [("b", "p2", None, "pro", 6, ""), ("f", "p1", "one@example.com", None, 3, "")],
+        ),
+        Batch([("n2", "p2", "p0", "2024-03-01 00:00:00", 15, "")]),
+        {"p0": "p0", "p1": "p1", "p2": "p0"},
+        [("p0", None, "pro", None), ("p1", "one@example.com", None, None), ("p2", None, None, "p0")],
+        [("anonymous_id", "anon-2", "p0")],
+    ),
+    "external_id_seen_again_on_another_profile": JANE_ON_PROFILE_3,
+    # observed on profile_3 last, but landed first
+    "external_id_landing_before_older_observations": Case(
+        Batch([*SEED_GRAPH, R4], [AGAIN]),
+        Batch(external=SEED_EXTERNAL),
+        JANE_ON_PROFILE_3.canonicals,
+        JANE_ON_PROFILE_3.traits,
+        JANE_ON_PROFILE_3.mapping,
+    ),
+    # profile_2 merges into profile_1 in the second batch: its plan and anonymous id follow
+    "seed_case_study": Case(
+        Batch(SEED_GRAPH[:2], SEED_EXTERNAL, SEED_TRAITS),
+        Batch(SEED_GRAPH[2:]),
+        {"profile_1": "profile_1", "profile_2": "profile_1"},
+        [("profile_1", "jane@example.com", "pro", None), ("profile_2", None, None, "profile_1")],
+        [
+            ("anonymous_id", "5285bc35-05ef-4d21", "profile_1"),
+            ("anonymous_id", "b50e18a5-1b8d-451c", "profile_1"),
+            ("email", "jane@example.com", "profile_1"),
+        ],
+    ),
+}
+
+
+def _empty_updates(con: duckdb.DuckDBPyConnection) -> None:
+    _land(con, [])
+    _land_identities(con, [], [])
+
+
+def _tables(warehouse: DuckDBWarehouse, schema: str) -> dict[str, list[tuple[Any, ...]]]:
+    return {
+        t: warehouse.connection.execute(f"SELECT * FROM {schema}.{t} ORDER BY ALL").fetchall()
+        for t in OUTPUTS
+    }
+
+
+def _summary(counts: IdentityCounts) -> tuple[int, int, int, int, int]:
+    return (counts.profiles, counts.segment_ids, counts.merged, counts.depth, counts.external_ids)
+
+
+def _assert_as_full_refresh(warehouse: DuckDBWarehouse, counts: IdentityCounts) -> None:
+    """The output tables (and what engage keeps for the next run) equal a full refresh's, as do the counts."""
+    full = materialize(warehouse, "profiles", "profiles_full", full_refresh=True)
+    assert full.full
+    assert _tables(warehouse, "profiles_out") == _tables(warehouse, "profiles_full")
+    assert _summary(counts) == _summary(full)
+
+
+def _traits(warehouse: DuckDBWarehouse) -> list[tuple[Any, ...]]:
+    return warehouse.connection.execute(
+        "SELECT canonical_segment_id, email, plan, merged_to FROM profiles_out.profile_traits ORDER BY 1"
+    ).fetchall()
+
+
+def _mapping(warehouse: DuckDBWarehouse) -> list[tuple[Any, ...]]:
+    return warehouse.connection.execute(
+        "SELECT external_id_type, external_id_value, canonical_segment_id FROM profiles_out.external_id_mapping"
+        " ORDER BY 1, 2"
+    ).fetchall()
+
+
+@pytest.mark.parametrize("lookback", LOOKBACKS.values(), ids=LOOKBACKS.keys())
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_an_incremental_run_ends_in_the_tables_a_full_refresh_gives(
+    warehouse: DuckDBWarehouse, monkeypatch: pytest.MonkeyPatch, case: Case, lookback: timedelta
 ) -> None:
-    workspace.flush()
-    result = workspace.cli("identity", "--space", "default")
-    assert result.exit_code == 2 and "needs `identity: {type: profiles_sync" in result.output, result.output
-    workspace.write_config(CONFIG.format(sources="website") + IDENTITY)
-    result = workspace.cli("identity", "--space", "default")
-    assert result.exit_code == 1, result.output
-    assert "Profiles Sync tables missing from profiles: id_graph_updates" in result.output, result.output
+    monkeypatch.setattr("engage.identity_increment.LOOKBACK", lookback)
+    con = warehouse.connection
+    _empty_updates(con)
+    case.first.land(con, FIRST_LANDING)
+    assert materialize(warehouse, "profiles", "profiles_out").full
+    case.second.land(con, FIRST_LANDING + timedelta(days=1))
+    counts = materialize(warehouse, "profiles", "profiles_out")
+    assert not counts.full
+    second = len(case.second.graph) + len(case.second.external) + len(case.second.traits)
+    first = len(case.first.graph) + len(case.first.external) + len(case.first.traits)
+    assert counts.new_rows == second + (first if lookback else 0)
+    _assert_as_full_refresh(warehouse, counts)
+    assert _canonicals(warehouse) == case.canonicals
+    assert _traits(warehouse) == case.traits
+    assert _mapping(warehouse) == case.mapping
+
+
+def test_an_incremental_run_without_new_rows_changes_nothing(warehouse: DuckDBWarehouse) -> None:
+    con = warehouse.connection
+    _empty_updates(con)
+    CASES["canonical_merges_away"].first.land(con, FIRST_LANDING)
+    CASES["canonical_merges_away"].second.land(con, FIRST_LANDING + timedelta(days=1))
+    materialize(warehouse, "profiles", "profiles_out")
+    before = _tables(warehouse, "profiles_out")
+    watermarks = con.execute("SELECT * FROM profiles_out._engage_identity ORDER BY ALL").fetchall()
+    counts = materialize(warehouse, "profiles", "profiles_out")
+    # Read again: what landed within the lookback of each table's watermark, the second batch's merge and
+    # the first's observations and trait rows.
+    assert (counts.full, counts.new_rows) == (False, 1 + 3 + 5)
+    assert _tables(warehouse, "profiles_out") == before
+    assert con.execute("SELECT * FROM profiles_out._engage_identity ORDER BY ALL").fetchall() == watermarks
+    assert _summary(counts) == (1, 5, 4, 4, 3)
+
+
+def test_a_load_committing_late_within_the_lookback_is_read(warehouse: DuckDBWarehouse) -> None:
+    """A slow load's rows carry a uuid_ts older than the last run's watermark."""
+    con = warehouse.connection
+    _empty_updates(con)
+    Batch(CHAIN[:5]).land(con, FIRST_LANDING)
+    materialize(warehouse, "profiles", "profiles_out")
+    Batch(CHAIN[5:]).land(con, FIRST_LANDING - timedelta(minutes=10))
+    counts = materialize(warehouse, "profiles", "profiles_out")
+    assert _canonicals(warehouse) == ALL_IN_P1
+    _assert_as_full_refresh(warehouse, counts)
+
+
+def test_a_loop_landing_in_a_later_batch_is_reported_and_changes_nothing(warehouse: DuckDBWarehouse) -> None:
+    con = warehouse.connection
+    _empty_updates(con)
+    Batch([("x", "a", "b", "2024-01-01 00:00:00", 1, "")]).land(con, FIRST_LANDING)
+    materialize(warehouse, "profiles", "profiles_out")
+    before = _tables(warehouse, "profiles_out")
+    Batch([("y", "b", "a", "2024-01-02 00:00:00", 2, "")]).land(con, FIRST_LANDING + timedelta(days=1))
+    for _ in range(2):  # the watermark did not advance: the next run reads the loop again
+        with pytest.raises(DataError, match="loop"):
+            materialize(warehouse, "profiles", "profiles_out")
+        assert _tables(warehouse, "profiles_out") == before
+
+
+def test_a_run_failing_while_it_writes_leaves_the_previous_tables_and_watermark(
+    warehouse: DuckDBWarehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    con = warehouse.connection
+    _empty_updates(con)
+    case = CASES["canonical_merges_away"]
+    case.first.land(con, FIRST_LANDING)
+    materialize(warehouse, "profiles", "profiles_out")
+    before = _tables(warehouse, "profiles_out")
+    watermarks = con.execute("SELECT * FROM profiles_out._engage_identity").fetchall()
+    case.second.land(con, FIRST_LANDING + timedelta(days=1))
+    execute = warehouse.execute
+
+    def failing(statement: exp.Expr, parameters: Sequence[Any] = ()) -> None:
+        if isinstance(statement, exp.Insert) and statement.this.find(exp.Table).name == PROFILE_TRAITS:
+            raise RuntimeError("connection lost")
+        execute(statement, parameters)
+
+    monkeypatch.setattr(warehouse, "execute", failing)
+    with pytest.raises(RuntimeError, match="connection lost"):
+        materialize(warehouse, "profiles", "profiles_out")
+    assert _tables(warehouse, "profiles_out") == before
+    assert con.execute("SELECT * FROM profiles_out._engage_identity").fetchall() == watermarks
+    monkeypatch.undo()
+    counts = materialize(warehouse, "profiles", "profiles_out")
+    assert not counts.full
+    assert _canonicals(warehouse) == case.canonicals
+    _assert_as_full_refresh(warehouse, counts)
+
+
+def test_a_new_trait_column_rebuilds_in_full(warehouse: DuckDBWarehouse) -> None:
+    con = warehouse.connection
+    _empty_updates(con)
+    CASES["seed_case_study"].first.land(con, FIRST_LANDING)
+    materialize(warehouse, "profiles", "profiles_out")
+    con.execute("ALTER TABLE profiles.profile_traits_updates ADD COLUMN company VARCHAR")
+    CASES["seed_case_study"].second.land(con, FIRST_LANDING + timedelta(days=1))
+    counts = materialize(warehouse, "profiles", "profiles_out")
+    assert counts.full
+    assert _traits(warehouse) == CASES["seed_case_study"].traits
+    _assert_as_full_refresh(warehouse, counts)

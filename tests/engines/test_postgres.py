@@ -6,8 +6,9 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -154,55 +155,75 @@ def _race(warehouses: Sequence[PostgresWarehouse], round_: int) -> tuple[list[Ho
     return winners, refusals
 
 
-def test_profiles_sync_tables_build_on_postgres_as_on_duckdb(
-    postgres_database: tuple[PostgresServer, str],
+# Profiles Sync rows: (id, segment_id, canonical_segment_id, timestamp, seq), (id, segment_id, type, value,
+# timestamp, seq), (id, segment_id, plan, timestamp, seq); each lands at `landed`, else at its timestamp.
+PS_GRAPH = [
+    ("r1", "profile_1", "profile_1", "2022-05-02 14:01:00", 1),
+    ("r2", "profile_2", "profile_2", "2022-06-22 10:47:15", 2),
+    ("r3", "profile_2", "profile_1", "2022-06-22 10:48:00", 3),
+    ("r4", "profile_3", "profile_2", "2022-07-01 00:00:00", None),
+]
+PS_EXTERNAL = [
+    ("e1", "profile_1", "anonymous_id", "5285bc35-05ef-4d21", "2022-05-02 14:01:00", 1),
+    ("e2", "profile_1", "email", "jane@example.com", "2022-05-02 14:01:47", 2),
+    ("e3", "profile_2", "anonymous_id", "b50e18a5-1b8d-451c", "2022-06-22 10:48:00", 3),
+]
+PS_TRAITS = [("t1", "profile_3", "pro", "2022-07-02", 9), ("t2", "profile_1", "free", "2022-05-03", 4)]
+
+
+def _land_profiles_sync(
+    connection: Any,
+    graph: Sequence[tuple[Any, ...]],
+    external: Sequence[tuple[Any, ...]],
+    traits: Sequence[tuple[Any, ...]],
+    landed: str | None = None,
 ) -> None:
-    """The seed's case study, plus p3 merging into p2 after p2 merged into p1 (no recursive entry)."""
-    server, database = postgres_database
-    graph = [
-        ("r1", "profile_1", "profile_1", "2022-05-02 14:01:00", 1),
-        ("r2", "profile_2", "profile_2", "2022-06-22 10:47:15", 2),
-        ("r3", "profile_2", "profile_1", "2022-06-22 10:48:00", 3),
-        ("r4", "profile_3", "profile_2", "2022-07-01 00:00:00", None),
-    ]
-    external = [
-        ("e1", "profile_1", "anonymous_id", "5285bc35-05ef-4d21", "2022-05-02 14:01:00", 1),
-        ("e2", "profile_1", "email", "jane@example.com", "2022-05-02 14:01:47", 2),
-        ("e3", "profile_2", "anonymous_id", "b50e18a5-1b8d-451c", "2022-06-22 10:48:00", 3),
-    ]
-    with server.connect(database) as connection:
-        connection.execute("CREATE SCHEMA profiles")
+    connection.execute("CREATE SCHEMA IF NOT EXISTS profiles")
+    connection.execute(
+        "CREATE TABLE IF NOT EXISTS profiles.id_graph_updates (id TEXT, segment_id TEXT,"
+        " canonical_segment_id TEXT, timestamp TIMESTAMP, seq BIGINT, uuid_ts TIMESTAMP)"
+    )
+    connection.execute(
+        "CREATE TABLE IF NOT EXISTS profiles.external_id_mapping_updates (id TEXT, segment_id TEXT,"
+        " external_id_type TEXT, external_id_value TEXT, external_id_hash TEXT, timestamp TIMESTAMP, seq BIGINT,"
+        " uuid_ts TIMESTAMP)"
+    )
+    connection.execute(
+        "CREATE TABLE IF NOT EXISTS profiles.profile_traits_updates (id TEXT, segment_id TEXT, plan TEXT,"
+        " timestamp TIMESTAMP, seq BIGINT, uuid_ts TIMESTAMP)"
+    )
+    for row in graph:
         connection.execute(
-            "CREATE TABLE profiles.id_graph_updates (id TEXT, segment_id TEXT, canonical_segment_id TEXT,"
-            " timestamp TIMESTAMP, seq BIGINT, uuid_ts TIMESTAMP)"
+            "INSERT INTO profiles.id_graph_updates VALUES (%s, %s, %s, %s, %s, %s)", [*row, landed or row[3]]
         )
-        for row in graph:
-            connection.execute(
-                "INSERT INTO profiles.id_graph_updates VALUES (%s, %s, %s, %s, %s, %s)", [*row, row[3]]
-            )
+    for id_, segment, kind, value, moment, seq in external:
         connection.execute(
-            "CREATE TABLE profiles.external_id_mapping_updates (id TEXT, segment_id TEXT, external_id_type TEXT,"
-            " external_id_value TEXT, external_id_hash TEXT, timestamp TIMESTAMP, seq BIGINT, uuid_ts TIMESTAMP)"
+            "INSERT INTO profiles.external_id_mapping_updates VALUES (%s, %s, %s, %s, md5(%s), %s, %s, %s)",
+            [id_, segment, kind, value, f"{kind}:{value}", moment, seq, landed or moment],
         )
-        for id_, segment, kind, value, moment, seq in external:
-            connection.execute(
-                "INSERT INTO profiles.external_id_mapping_updates VALUES (%s, %s, %s, %s, md5(%s), %s, %s, %s)",
-                [id_, segment, kind, value, f"{kind}:{value}", moment, seq, moment],
-            )
+    for row in traits:
         connection.execute(
-            "CREATE TABLE profiles.profile_traits_updates (id TEXT, segment_id TEXT, plan TEXT,"
-            " timestamp TIMESTAMP, seq BIGINT, uuid_ts TIMESTAMP)"
+            "INSERT INTO profiles.profile_traits_updates VALUES (%s, %s, %s, %s, %s, %s)",
+            [*row, landed or row[3]],
         )
-        connection.execute(
-            "INSERT INTO profiles.profile_traits_updates VALUES"
-            " ('t1', 'profile_3', 'pro', '2022-07-02', 9, '2022-07-02'),"
-            " ('t2', 'profile_1', 'free', '2022-05-03', 4, '2022-05-03')"
-        )
+
+
+def _open_postgres(server: PostgresServer, database: str) -> PostgresWarehouse:
     config = PostgresWarehouseConfig(
         type="postgres", host=server.host, port=server.port, database=database, user=server.user,
         password=server.password,
     )  # fmt: skip
-    warehouse = PostgresWarehouse(config, lambda field: Location(Path("engage.yaml"), 1, field))
+    return PostgresWarehouse(config, lambda field: Location(Path("engage.yaml"), 1, field))
+
+
+def test_profiles_sync_identity_tables_build_on_postgres_as_on_duckdb(
+    postgres_database: tuple[PostgresServer, str],
+) -> None:
+    """The seed's case study, plus p3 merging into p2 after p2 merged into p1 (no recursive entry)."""
+    server, database = postgres_database
+    with server.connect(database) as connection:
+        _land_profiles_sync(connection, PS_GRAPH, PS_EXTERNAL, PS_TRAITS)
+    warehouse = _open_postgres(server, database)
     try:
         counts = materialize(warehouse, "profiles", "profiles_out")
     finally:
@@ -221,6 +242,68 @@ def test_profiles_sync_tables_build_on_postgres_as_on_duckdb(
         traits = connection.execute(
             "SELECT canonical_segment_id, plan, merged_to FROM profiles_out.profile_traits ORDER BY 1"
         ).fetchall()
+    assert mapping == [
+        ("5285bc35-05ef-4d21", "profile_1"), ("b50e18a5-1b8d-451c", "profile_1"), ("jane@example.com", "profile_1")
+    ]  # fmt: skip
+    assert traits == [
+        ("profile_1", "pro", None),
+        ("profile_2", None, "profile_1"),
+        ("profile_3", None, "profile_1"),
+    ]
+
+
+def test_profiles_sync_identity_tables_built_incrementally_on_postgres_equal_a_full_refresh(
+    postgres_database: tuple[PostgresServer, str],
+) -> None:
+    """Two batches: the second brings p2's merge into p1 again, p3's merge into p2 late (of July, landed in
+    August), p3's plan and jane's email seen again on p3. Every row of p2 and p3 then follows p1."""
+    server, database = postgres_database
+    again = ("e4", "profile_3", "email", "jane@example.com", "2022-07-01 00:00:00", 5)
+    outputs = (
+        "id_graph",
+        "external_id_mapping",
+        "profile_traits",
+        "_engage_id_latest",
+        "_engage_external_latest",
+    )
+    with server.connect(database) as connection:
+        _land_profiles_sync(connection, PS_GRAPH[:3], PS_EXTERNAL, PS_TRAITS[1:])
+    warehouse = _open_postgres(server, database)
+    try:
+        assert materialize(warehouse, "profiles", "profiles_out").full
+        with server.connect(database) as connection:
+            _land_profiles_sync(connection, PS_GRAPH[2:], [again], PS_TRAITS[:1], landed="2022-08-01")
+        counts = materialize(warehouse, "profiles", "profiles_out")
+        full = materialize(warehouse, "profiles", "profiles_full", full_refresh=True)
+    finally:
+        warehouse.close()
+    # The second batch, and the rows landed within the lookback of each table's watermark, read again.
+    assert (counts.full, counts.new_rows, full.full) == (False, 4 + 4, True)
+    assert (counts.profiles, counts.segment_ids, counts.merged, counts.depth, counts.external_ids) == (
+        full.profiles, full.segment_ids, full.merged, full.depth, full.external_ids
+    )  # fmt: skip
+    with server.connect(database) as connection:
+        for table in outputs:
+            incremental, rebuilt = (
+                connection.execute(f"SELECT * FROM {schema}.{table} ORDER BY 1, 2, 3").fetchall()
+                for schema in ("profiles_out", "profiles_full")
+            )
+            assert incremental == rebuilt, table
+        canonicals = connection.execute(
+            "SELECT segment_id, canonical_segment_id, uuid_ts FROM profiles_out.id_graph ORDER BY 1"
+        ).fetchall()
+        mapping = connection.execute(
+            "SELECT external_id_value, canonical_segment_id FROM profiles_out.external_id_mapping ORDER BY 1"
+        ).fetchall()
+        traits = connection.execute(
+            "SELECT canonical_segment_id, plan, merged_to FROM profiles_out.profile_traits ORDER BY 1"
+        ).fetchall()
+    august = datetime(2022, 8, 1)
+    assert canonicals == [
+        ("profile_1", "profile_1", datetime(2022, 5, 2, 14, 1)),
+        ("profile_2", "profile_1", august),  # its merge, landed again
+        ("profile_3", "profile_1", august),
+    ]
     assert mapping == [
         ("5285bc35-05ef-4d21", "profile_1"), ("b50e18a5-1b8d-451c", "profile_1"), ("jane@example.com", "profile_1")
     ]  # fmt: skip
