@@ -16,6 +16,15 @@ SCREEN_EVENT = "Screen Viewed"
 _SPECIAL_EVENT_TABLES = {PAGE_EVENT: "pages", SCREEN_EVENT: "screens"}
 # Tables every Connections source may have that are not per-event tables.
 RESERVED_TABLES = ("tracks", "identifies", "users", "pages", "screens", "groups", "aliases")
+# What Profiles Sync lands next to the events, and what engage materializes from it (SPEC §6): not events.
+IDENTITY_TABLES = (
+    "id_graph_updates",
+    "external_id_mapping_updates",
+    "profile_traits_updates",
+    "id_graph",
+    "external_id_mapping",
+    "profile_traits",
+)
 
 # engage's portable column types, from the warehouse's own type names.
 BOOLEAN, BIGINT, DOUBLE, VARCHAR, TIMESTAMP, OTHER = (
@@ -74,14 +83,22 @@ class Catalog:
 
     def event_tables(self, event: str) -> list[Table]:
         name = self.event_table_name(event)
-        if name in RESERVED_TABLES and event not in _SPECIAL_EVENT_TABLES:
+        if (name in RESERVED_TABLES and event not in _SPECIAL_EVENT_TABLES) or name in IDENTITY_TABLES:
             return []
         return self.tables_named(name)
 
     def event_table_names(self) -> list[str]:
         """The tables conditions can name as events: per-event tables, pages and screens."""
         special = set(_SPECIAL_EVENT_TABLES.values())
-        return sorted({n for _, n in self.tables if n not in RESERVED_TABLES or n in special})
+        return sorted(
+            {
+                n
+                for _, n in self.tables
+                if (n not in RESERVED_TABLES or n in special)
+                and n not in IDENTITY_TABLES
+                and not n.startswith("_engage_")
+            }
+        )
 
     @staticmethod
     def property_column_candidates(prop: str) -> list[str]:

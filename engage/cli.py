@@ -9,8 +9,10 @@ import functools
 import json
 import logging
 import sys
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,12 +23,21 @@ from rich.table import Table
 from engage import __version__
 from engage.config import ProfilesSyncIdentity, Project, find_project_root, load_project
 from engage.console import console_for
-from engage.errors import ConfigError, EngageError, InputErrors
+from engage.errors import ConfigError, EngageError, InputErrors, raise_all
 from engage.freshness import Inputs
-from engage.identity_graph import materialize
+from engage.identity import identity_errors, materialize_identity
+from engage.lease import Holder, Lease, held
 from engage.scheduler import RunLog, Scheduler
 from engage.state import RunRecord, StateStore
-from engage.sync import RunSummary, open_readonly, open_writable, parse_as_of, prepare, run_space
+from engage.sync import (
+    RunSummary,
+    open_readonly,
+    open_writable,
+    parse_as_of,
+    prepare,
+    run_space,
+    utc_now,
+)
 from engage.warehouse.capabilities import BY_DIALECT
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -273,32 +284,45 @@ def status(ctx: click.Context, space: str, limit: int, as_json: bool) -> None:
 
 @main.command()
 @click.option("--space", default="default", show_default=True)
+@click.option(
+    "--full-refresh", is_flag=True, help="Rebuild from every landed row instead of only the new ones."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @click.pass_context
 @handles_errors
-def identity(ctx: click.Context, space: str, as_json: bool) -> None:
-    """Materialize id_graph, external_id_mapping and profile_traits from Profiles Sync's landed tables.
+def identity(ctx: click.Context, space: str, full_refresh: bool, as_json: bool) -> None:
+    """Bring the space's identity tables up to date, and nothing else.
 
-    Rebuilds the three tables in the space's identity output_schema, in the warehouse, and prints the
-    counts: live profiles, segment ids, merged ids, the longest merge chain, external ids."""
+    Profiles Sync: id_graph, external_id_mapping and profile_traits from the landed *_updates tables.
+    Stitch: id_graph and external_id_mapping from the identifiers seen together in the sources. Only rows
+    landed since the last run are read, unless --full-refresh; both end in the same tables. Prints the
+    counts: live profiles, ids, merged ids, the longest merge chain, external ids. `engage sync` does this
+    first by itself."""
     selected = _project(ctx).space(space)
-    config = selected.config.identity
-    if not isinstance(config, ProfilesSyncIdentity):
+    schema = selected.identity_schema
+    if schema is None:
         raise ConfigError(
-            "engage identity needs `identity: {type: profiles_sync, schema: …}`", selected.locate("identity")
+            "engage identity needs `identity: {type: profiles_sync, schema: …}` or `{type: stitch}`",
+            selected.locate("identity"),
         )
     warehouse = open_writable(selected)
     try:
-        counts = materialize(warehouse, config.schema_, config.resolved_output_schema)
+        catalog = warehouse.describe(selected.config.sources)
+        raise_all(identity_errors(selected, warehouse, catalog))
+        lease = Lease(
+            warehouse, selected.output_schema, selected.name, timedelta(seconds=selected.config.lease_ttl)
+        )
+        with held(lease, Holder.this_process(uuid.uuid4().hex), utc_now()):
+            counts = materialize_identity(selected, warehouse, catalog, full_refresh=full_refresh)
     finally:
         warehouse.close()
+    assert counts is not None
     if as_json:
         click.echo(json.dumps(asdict(counts), indent=2))
         return
     click.echo(
-        f"space {space}: {counts.profiles} profiles from {counts.segment_ids} segment ids ({counts.merged}"
-        f" merged, longest merge chain {counts.depth}), {counts.external_ids} external ids"
-        f" -> {config.resolved_output_schema}.id_graph, external_id_mapping, profile_traits"
+        f"space {space}: {counts.profiles} profiles from {counts.segment_ids} ids ({counts.merged}"
+        f" merged, longest merge chain {counts.depth}), {counts.external_ids} external ids -> {schema}"
     )
 
 
@@ -316,8 +340,12 @@ def _next_change(record: RunRecord) -> str | None:
 @click.pass_context
 @handles_errors
 def demo(ctx: click.Context, space: str, profiles: int, events: int, seed: int) -> None:
-    """Create Segment-shaped sample sources (website, ios) in the space's DuckDB warehouse."""
+    """Create Segment-shaped sample sources (website, ios) in the space's DuckDB warehouse.
+
+    Also lands a small Profiles Sync schema (anonymous visits that later merge into signed-up profiles) for
+    every space of the project on the same file that resolves identity through Profiles Sync."""
     from engage.demo import generate_demo
+    from engage.demo_profiles import generate_profiles_sync
     from engage.warehouse.duckdb import DuckDBWarehouse
 
     project = _project(ctx)
@@ -325,25 +353,66 @@ def demo(ctx: click.Context, space: str, profiles: int, events: int, seed: int) 
     config = selected.config.warehouse
     if config.type != "duckdb":
         raise EngageError("engage demo writes sample data into a DuckDB warehouse only")
-    warehouse = DuckDBWarehouse(selected.resolve(config.path))
+    path = selected.resolve(config.path)
+    end = datetime.now(UTC).replace(microsecond=0, tzinfo=None)
+    warehouse = DuckDBWarehouse(path)
     try:
         result = generate_demo(
             warehouse.connection,
             profiles=profiles,
             events=events,
+            end=end,
             seed=seed,
             sources=tuple(selected.config.sources),
         )
+        people = max(10, profiles * 3 // 10)
+        landed = {
+            schema: generate_profiles_sync(
+                warehouse.connection, people=people, events=max(events * 4 // 15, people * 3), end=end,
+                seed=seed, schema=schema,
+            )
+            for schema in _profiles_sync_schemas(project, path)
+        }  # fmt: skip
     finally:
         warehouse.close()
     click.echo(
         f"sample data in {config.path}: {result.profiles} profiles ({result.identified} identified),"
         f" {result.events} track events, {len(result.tables)} tables in {', '.join(selected.config.sources)}"
     )
+    for schema, summary in landed.items():
+        click.echo(
+            f"Profiles Sync sample in {schema}: {summary.people} people on {summary.segment_ids} segment ids"
+            f" ({summary.merged} merged away), {summary.events} events"
+        )
+
+
+def _profiles_sync_schemas(project: Project, path: Path) -> list[str]:
+    """The Profiles Sync schemas that spaces on the DuckDB file `path` read."""
+    schemas = set()
+    for name in project.config.spaces:
+        space = project.space(name)
+        identity, warehouse = space.config.identity, space.config.warehouse
+        if isinstance(identity, ProfilesSyncIdentity) and warehouse.type == "duckdb":
+            if space.resolve(warehouse.path) == path:
+                schemas.add(identity.schema_)
+    return sorted(schemas)
 
 
 @main.command()
-@click.option("--profiles", default=1_000_000, show_default=True, help="Profiles in the generated data.")
+@click.option(
+    "--case",
+    type=click.Choice(["sync", "identity"]),
+    default="sync",
+    show_default=True,
+    help="sync: syncs against a hand-written query; identity: Profiles Sync materialization and a sync"
+    " per canonical profile.",
+)
+@click.option(
+    "--profiles",
+    default=1_000_000,
+    show_default=True,
+    help="Profiles in the generated data (identity: segment ids).",
+)
 @click.option("--events", default=10_000_000, show_default=True, help="Track calls in the generated data.")
 @click.option(
     "--workdir",
@@ -358,6 +427,7 @@ def demo(ctx: click.Context, space: str, profiles: int, events: int, seed: int) 
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="DuckDB threads (default: all).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON on stdout.")
 def bench(
+    case: str,
     profiles: int,
     events: int,
     workdir: Path | None,
@@ -366,9 +436,23 @@ def bench(
     threads: int | None,
     as_json: bool,
 ) -> None:
-    """Benchmark: generated data, timed syncs against a hand-written query, peak RSS per phase."""
+    """Benchmark: generated data, timed phases in fresh processes, peak RSS per phase, against targets."""
     from engage.bench import print_report, run_bench
+    from engage.bench_identity import print_identity_report, run_identity_bench
 
+    if case == "identity":
+        try:
+            identity_report = run_identity_bench(
+                segment_ids=profiles, events=events, workdir=workdir, keep=keep, memory_limit=memory_limit,
+                threads=threads, progress=not as_json,
+            )  # fmt: skip
+        except (RuntimeError, FileNotFoundError, ValueError) as err:
+            raise click.ClickException(str(err)) from err
+        if as_json:
+            click.echo(json.dumps(identity_report.to_json(), indent=2))
+        else:
+            print_identity_report(identity_report)
+        return
     try:
         report = run_bench(
             profiles=profiles,

@@ -30,6 +30,7 @@ from engage.yamlfile import YamlDocument, read_documents, validation_errors
 CONFIG_PATH = Path("config") / "engage.yaml"
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _INTERVAL = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_IDENTIFIER_COLUMN = re.compile(r"^[a-z_][a-z0-9_]*$")
 _INTERVAL_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
@@ -142,7 +143,29 @@ class ProfilesSyncIdentity(_Model):
         return self.output_schema or self.schema_
 
 
-IdentityConfig = Annotated[NoIdentity | ProfilesSyncIdentity, Field(discriminator="type")]
+class StitchIdentity(_Model):
+    """engage's own identity graph over the space's sources (SPEC §6): profiles from the identifiers seen
+    together on rows, `identifiers` in priority order; outputs in `output_schema` (default
+    `identity_<space>`)."""
+
+    type: Literal["stitch"]
+    identifiers: list[str] = Field(default=["user_id", "email", "anonymous_id"], min_length=1)
+    output_schema: str | None = None
+
+    @field_validator("identifiers")
+    @classmethod
+    def _valid_identifiers(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("an identifier is listed twice")
+        if "user_id" not in value:
+            raise ValueError("the identifiers must include user_id (a profile is at most one user)")
+        for name in value:
+            if not _IDENTIFIER_COLUMN.match(name):
+                raise ValueError(f"not a column name: {name!r}")
+        return value
+
+
+IdentityConfig = Annotated[NoIdentity | ProfilesSyncIdentity | StitchIdentity, Field(discriminator="type")]
 
 
 class RetryConfig(_Model):
@@ -286,6 +309,17 @@ class Space:
     def output_schema(self) -> str:
         """`engage_` + the snake_case of the space name (SPEC §5). State lives here too."""
         return f"engage_{self.slug}"
+
+    @property
+    def identity_schema(self) -> str | None:
+        """Where the space's identity tables live (`id_graph`, `external_id_mapping`), if it resolves
+        identity."""
+        identity = self.config.identity
+        if isinstance(identity, ProfilesSyncIdentity):
+            return identity.resolved_output_schema
+        if isinstance(identity, StitchIdentity):
+            return identity.output_schema or f"identity_{self.slug}"
+        return None
 
     @property
     def definitions_dir(self) -> Path:

@@ -757,10 +757,17 @@ def _identify_query(sources: tuple[str, ...], s: int, window: _Window) -> tuple[
     return _query(columns, f"SELECT * FROM _demo_ident WHERE s = {s}", layers), list(columns)
 
 
-def _create_table(con: duckdb.DuckDBPyConnection, table: str, columns: Sequence[str]) -> None:
-    """Creates `table` with Segment's column types (see `_TYPES` and `_UNCOMPRESSED`)."""
+def _create_table(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    columns: Sequence[str],
+    types: dict[str, str] = _TYPES,
+    uncompressed: frozenset[str] = _UNCOMPRESSED,
+) -> None:
+    """Creates `table` with Segment's column types (`types`, VARCHAR otherwise); the `uncompressed` columns
+    are random ids, which compression only slows down."""
     defs = ",\n    ".join(
-        f"{c} {_TYPES.get(c, 'VARCHAR')}" + (" USING COMPRESSION uncompressed" if c in _UNCOMPRESSED else "")
+        f"{c} {types.get(c, 'VARCHAR')}" + (" USING COMPRESSION uncompressed" if c in uncompressed else "")
         for c in columns
     )
     con.execute(f"CREATE TABLE {table} (\n    {defs}\n)")

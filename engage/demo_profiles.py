@@ -54,6 +54,7 @@ from engage.demo import (
     _FIRST_NAME,
     _HP,
     _USER_ID,
+    _create_table,
     _delays,
     _epoch_us,
     _lit,
@@ -616,14 +617,6 @@ def _update_query(table: str, batch: _Batch, seq0: int) -> tuple[str, list[str]]
     return _query(columns, rows, layers), list(columns)
 
 
-def _create_table(con: duckdb.DuckDBPyConnection, table: str, columns: list[str]) -> None:
-    defs = ",\n    ".join(
-        f"{c} {_TYPES.get(c, 'VARCHAR')}" + (" USING COMPRESSION uncompressed" if c in _UNCOMPRESSED else "")
-        for c in columns
-    )
-    con.execute(f"CREATE TABLE {table} (\n    {defs}\n)")
-
-
 def _insert(con: duckdb.DuckDBPyConnection, sql: str) -> int:
     """Runs the INSERT `sql`; returns the number of rows it inserted."""
     return int(con.execute(sql).fetchall()[0][0])
@@ -637,11 +630,11 @@ def _write(con: duckdb.DuckDBPyConnection, schema: str, batch: _Batch, seq0: int
     queries |= {t: _event_query(t, batch) for t in _EVENT_TABLES}
     for table, (query, columns) in queries.items():
         if create:
-            _create_table(con, f"{schema}.{table}", columns)
+            _create_table(con, f"{schema}.{table}", columns, _TYPES, _UNCOMPRESSED)
         written += _insert(con, f"INSERT INTO {schema}.{table} ({', '.join(columns)}) {query}")
     tracks = [c for c in queries["signed_up"][1] if c != "method"]  # the tracks columns
     if create:
-        _create_table(con, f"{schema}.tracks", tracks)
+        _create_table(con, f"{schema}.tracks", tracks, _TYPES, _UNCOMPRESSED)
     this_batch = "" if batch.landed_us is None else f" WHERE uuid_ts >= make_timestamp({batch.landed_us})"
     for event in ("signed_up", "order_completed"):
         cols = ", ".join(tracks)

@@ -48,7 +48,13 @@ def _number(output: Output, column: exp.Expr) -> exp.Expr:
 
 def current_long(definitions: Sequence[CompiledDefinition]) -> exp.Query:
     """One row per (definition, trait key, profile) that has something to keep: audience members,
-    non-null trait values, and every column of every profile an SQL trait returned."""
+    non-null trait values, and every column of every profile an SQL trait returned. A profile with neither
+    a user_id nor an anonymous_id (possible with identity resolution) has nothing to send, so it keeps no
+    state: the run in which it gains an identifier sends it everything."""
+    identified = exp.or_(
+        exp.column(USER_ID, CURRENT).is_(exp.null()).not_(),
+        exp.column(ANONYMOUS_ID, CURRENT).is_(exp.null()).not_(),
+    )
     branches: list[exp.Select] = []
     for definition in definitions:
         for output in definition.outputs:
@@ -71,7 +77,7 @@ def current_long(definitions: Sequence[CompiledDefinition]) -> exp.Query:
                     exp.alias_(_number(output, column), "value_num"),
                 )
                 .from_(CURRENT)
-                .where(keep)
+                .where(exp.and_(keep, identified.copy()))
             )
     if not branches:
         columns = ["definition_key", "trait_key", "profile_id", "user_id", "anonymous_id", "value_text"]

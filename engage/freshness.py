@@ -39,6 +39,7 @@ class Inputs:
     watermarks: dict[str, list[Any]]  # "source.table" → [row count, newest load time]
     windows: list[float]  # seconds of every `within`
     next_change: str | None = None  # ISO time an event loaded by now next crosses a boundary; None: never
+    identity: list[Any] | None = None  # the identity tables' signature (identity.py), when resolving
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -57,9 +58,12 @@ def _offsets(compiled: CompiledSpace) -> list[timedelta]:
     return [timedelta(0), *compiled.windows]
 
 
-def observe(warehouse: Warehouse, catalog: Catalog, compiled: CompiledSpace) -> Inputs:
+def observe(
+    warehouse: Warehouse, catalog: Catalog, compiled: CompiledSpace, identity: list[Any] | None = None
+) -> Inputs:
     """Reads the row count and newest load time of every table the run reads, and the first event past
-    each boundary, in one query."""
+    each boundary, in one query. `identity` is the identity tables' signature: profiles that merged change
+    results as much as new events do."""
     offsets = _offsets(compiled)
     branches = []
     for table in _tables(catalog, compiled):
@@ -96,6 +100,7 @@ def observe(warehouse: Warehouse, catalog: Catalog, compiled: CompiledSpace) -> 
         watermarks=watermarks,
         windows=[w.total_seconds() for w in compiled.windows],
         next_change=next_change.isoformat() if next_change else None,
+        identity=identity,
     )
 
 
@@ -109,7 +114,7 @@ def unchanged(
     """True when the results at `current` must equal those at `previous` (see the module docstring)."""
     if compiled.sql_traits or previous.definitions != current.definitions:
         return False
-    if previous.watermarks != current.watermarks:
+    if previous.watermarks != current.watermarks or previous.identity != current.identity:
         return False
     before, now = datetime.fromisoformat(previous.as_of), datetime.fromisoformat(current.as_of)
     if before == now:

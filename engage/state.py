@@ -22,10 +22,12 @@ from typing import Any
 
 from sqlglot import exp
 
+from engage.compile.expressions import union_all
 from engage.messages import sql_type
 from engage.warehouse.base import Warehouse
 
 STATE_TABLE, RUNS_TABLE, OUTBOX_TABLE = "_engage_state", "_engage_runs", "_engage_outbox"
+INHERITED = "__engage_inherited_state"  # temporary: the state canonicals take over from merged ids
 # The outbox's own columns, in front of the changes' columns.
 OUTBOX_RUN_COLUMNS = [("run_id", "VARCHAR"), ("generation", "BIGINT"), ("as_of", "TIMESTAMP")]
 
@@ -115,12 +117,103 @@ class StateStore:
             if column not in existing:
                 self.warehouse.add_column(self.schema, name, column, kind)
 
-    def previous(self) -> exp.Query:
-        """The state rows, or an empty relation of the same shape before the first run."""
-        if self.exists:
+    def previous(self, graph: exp.Table | None = None) -> exp.Query:
+        """The state rows, or an empty relation of the same shape before the first run. With an identity
+        `graph`, as merges leave it: the rows of ids that have not merged away, and what canonicals
+        inherit from those that have."""
+        if not self.exists:
+            empty = [exp.alias_(exp.cast(exp.null(), t), c) for c, t in STATE_COLUMNS]
+            return exp.select(*empty).where(exp.false())
+        if graph is None:
             return exp.select("*").from_(self.table(STATE_TABLE))
-        empty = [exp.alias_(exp.cast(exp.null(), t), c) for c, t in STATE_COLUMNS]
-        return exp.select(*empty).where(exp.false())
+        return union_all([self._kept(graph), self._inherited(graph)])
+
+    def _canonical(self, graph: exp.Table) -> tuple[exp.Expr, exp.Expr]:
+        """The canonical of a state row's profile (aliased `s`) through `graph` aliased `g`, and the join."""
+        profile = exp.column("profile_id", "s")
+        canonical = exp.func("COALESCE", exp.column("canonical_segment_id", "g"), profile.copy())
+        return canonical, exp.column("segment_id", "g").eq(profile.copy())
+
+    def _with_canonical(self, graph: exp.Table) -> exp.Select:
+        canonical, on = self._canonical(graph)
+        return (
+            exp.select(*(exp.column(c, "s") for c, _ in STATE_COLUMNS), exp.alias_(canonical, "canonical_id"))
+            .from_(exp.table_(STATE_TABLE, db=self.schema, alias="s"))
+            .join(exp.table_(graph.name, db=graph.db, alias="g"), on=on, join_type="left")
+        )
+
+    def _kept(self, graph: exp.Table) -> exp.Query:
+        """State rows of profiles that have not merged away."""
+        rows = self._with_canonical(graph).subquery("c")
+        return (
+            exp.select(*(exp.column(c, "c") for c, _ in STATE_COLUMNS))
+            .from_(rows)
+            .where(exp.column("canonical_id", "c").eq(exp.column("profile_id", "c")))
+        )
+
+    def _inherited(self, graph: exp.Table) -> exp.Query:
+        """What a canonical takes from the ids merged into it, for each definition it has no state of
+        (SPEC §6): per trait key, the row last sent among them (ties: the smallest id), now its own. For an
+        audience that is membership when any merged id was a member (only members have rows)."""
+        rank = exp.Window(
+            this=exp.RowNumber(),
+            partition_by=[exp.column("definition_key"), exp.column("trait_key"), exp.column("canonical_id")],
+            order=exp.Order(
+                expressions=[
+                    exp.Ordered(this=exp.column("generation"), desc=True, nulls_first=False),
+                    exp.Ordered(this=exp.column("profile_id"), nulls_first=True),
+                ]
+            ),
+        )
+        moved = (
+            exp.select("*", exp.alias_(rank, "r"))
+            .from_(self._with_canonical(graph).subquery("c"))
+            .where(exp.column("canonical_id").neq(exp.column("profile_id")))
+        )
+        own = (
+            exp.select(exp.Literal.number(1))
+            .from_(self.table(STATE_TABLE).as_("o"))
+            .where(
+                exp.and_(
+                    exp.column("definition_key", "o").eq(exp.column("definition_key", "m")),
+                    exp.column("profile_id", "o").eq(exp.column("canonical_id", "m")),
+                )
+            )
+        )
+        columns = [
+            exp.alias_(exp.column("canonical_id", "m"), c) if c == "profile_id" else exp.column(c, "m")
+            for c, _ in STATE_COLUMNS
+        ]
+        return (
+            exp.select(*columns)
+            .from_(moved.subquery("m"))
+            .where(exp.and_(exp.column("r", "m").eq(1), exp.not_(exp.Exists(this=own))))
+        )
+
+    def prepare_merges(self, graph: exp.Table) -> None:
+        """What each canonical inherits (`_inherited`), in a temporary table of this connection for
+        `advance`: created before its transaction, because DDL commits a transaction on some engines."""
+        self.warehouse.create_temp_table(INHERITED, self._inherited(graph))
+
+    def _follow_merges(self, graph: exp.Table) -> None:
+        """Rewrites the state as merges leave it: merged-away ids leave it, silently, and canonicals take
+        what `prepare_merges` found. Runs in the transaction that advances the state, before the changes
+        (which were diffed against this same view) are applied."""
+        merged_away = (
+            exp.select(exp.Literal.number(1))
+            .from_(exp.table_(graph.name, db=graph.db, alias="g"))
+            .where(
+                exp.and_(
+                    exp.column("segment_id", "g").eq(exp.column("profile_id", STATE_TABLE)),
+                    exp.column("canonical_segment_id", "g").neq(exp.column("segment_id", "g")),
+                )
+            )
+        )
+        self.warehouse.delete_rows(self.table(STATE_TABLE), [exp.Exists(this=merged_away)])
+        columns = [c for c, _ in STATE_COLUMNS]
+        self.warehouse.execute(
+            exp.insert(exp.select(*columns).from_(INHERITED), self.table(STATE_TABLE), columns=columns)
+        )
 
     def next_generation(self) -> int:
         if not self.warehouse.table_columns(self.schema, RUNS_TABLE):
@@ -132,10 +225,20 @@ class StateStore:
         )
         return int(rows[0][0]) + 1
 
-    def advance(self, changes: str, fingerprints: exp.Query, generation: int, now: datetime) -> None:
-        """Applies a run's changes: drops rows of definitions whose logic changed, replaces the rows of
-        every changed (definition, trait key, profile), and inserts the new present values (engines without
-        row updates rewrite the kept rows once, `Warehouse.delete_rows`)."""
+    def advance(
+        self,
+        changes: str,
+        fingerprints: exp.Query,
+        generation: int,
+        now: datetime,
+        graph: exp.Table | None = None,
+    ) -> None:
+        """Applies a run's changes: follows merges through the identity `graph` when there is one
+        (`prepare_merges` first, outside the transaction), drops rows of definitions whose logic changed,
+        replaces the rows of every changed (definition, trait key, profile), and inserts the new present
+        values (engines without row updates rewrite the kept rows once, `Warehouse.delete_rows`)."""
+        if graph is not None:
+            self._follow_merges(graph)
         state = self.table(STATE_TABLE)
         stale = (
             exp.select(exp.Literal.number(1))

@@ -39,7 +39,7 @@ from engage.errors import (
 )
 from engage.failpoints import reached
 from engage.freshness import Inputs, observe, unchanged
-from engage.identity import resolver_for
+from engage.identity import ProfileResolver, identity_errors, materialize_identity, resolver_for
 from engage.lease import Holder, Lease, held
 from engage.messages import MessageContext, WarehouseRows
 from engage.retry import with_retries
@@ -125,9 +125,12 @@ class PreparedSpace:
             for d in self.definitions
             if d.query is not None and dialect in (None, self.warehouse.dialect)
         }
-        resolver = resolver_for(self.space.config.identity)
         caps = capabilities_for(dialect) if dialect else self.warehouse.capabilities
-        return compile_space(self.definitions, self.catalog, resolver, as_of, types, caps)
+        return compile_space(self.definitions, self.catalog, self.resolver, as_of, types, caps)
+
+    @property
+    def resolver(self) -> ProfileResolver:
+        return resolver_for(self.space)
 
 
 @contextmanager
@@ -138,14 +141,6 @@ def prepare(project: Project, space_name: str, *, read_only: bool = False) -> It
     problems: list[InputError] = []
     definitions = load_definitions(space.definitions_dir, project.root, space.config.warehouse.type, problems)
     connectors = [_connector(space, name, config) for name, config in space.config.destinations.items()]
-    if space.config.identity.type != "none":
-        problems.append(
-            ConfigError(
-                f"identity type {space.config.identity.type}: audiences per canonical profile are not"
-                " built yet; `engage identity` materializes the Profiles Sync tables",
-                space.locate("identity", "type"),
-            )
-        )
     if not _database_exists(space):
         raise_all(problems)  # the definitions' own errors first, then the missing database
     _require_database(space)
@@ -159,6 +154,7 @@ def prepare(project: Project, space_name: str, *, read_only: bool = False) -> It
                 " run `engage demo` for sample data",
                 space.locate("sources"),
             )
+        problems.extend(identity_errors(space, warehouse, catalog))
         destinations = list(space.config.destinations)
         problems.extend(reference_errors(definitions, catalog, destinations, complete=not problems))
         raise_all(problems)
@@ -223,6 +219,7 @@ def run_space(
     def attempt() -> RunSummary:
         with prepare(project, space_name) as prepared:
             if dry_run:  # writes nothing, so needs no lease
+                _require_identity_tables(prepared)
                 return Run(prepared, moment, dry_run, console, full_refresh).execute()
             space = prepared.space
             run_id = uuid.uuid4().hex
@@ -231,6 +228,7 @@ def run_space(
             # The lease before anything is read: the generation, and so the message ids, come after it.
             with held(lease, Holder.this_process(run_id), utc_now()):
                 reached("lease_taken")
+                _materialize_identity(prepared, console, full_refresh)
                 pending = StateStore(prepared.warehouse, space.output_schema).pending()
                 if pending is not None:
                     Run(prepared, pending.as_of, False, console, False, pending).resume()
@@ -239,6 +237,34 @@ def run_space(
             return summary
 
     return with_retries(attempt, project.space(space_name).config.retry, f"space {space_name}")
+
+
+def _materialize_identity(prepared: PreparedSpace, console: Console, full_refresh: bool) -> None:
+    """Brings the identity tables up to date before anything is computed from them (SPEC §6)."""
+    if prepared.space.identity_schema is None:
+        return
+    with console.stage("resolve identity"):
+        counts = materialize_identity(
+            prepared.space, prepared.warehouse, prepared.catalog, full_refresh=full_refresh
+        )
+    if counts is not None:
+        log.info(
+            "identity space=%s profiles=%s ids=%s merged=%s depth=%s external_ids=%s",
+            prepared.space.name, counts.profiles, counts.segment_ids, counts.merged, counts.depth,
+            counts.external_ids,
+        )  # fmt: skip
+
+
+def _require_identity_tables(prepared: PreparedSpace) -> None:
+    """A dry run writes nothing, so it reads the identity tables as the last sync or `engage identity`
+    left them; there must be some."""
+    schema = prepared.space.identity_schema
+    if schema is not None and not prepared.warehouse.table_columns(schema, "id_graph"):
+        raise ConfigError(
+            f"a dry run reads the identity tables in {schema}, and there are none yet: run `engage identity"
+            f" --space {prepared.space.name}` (or a sync) first",
+            prepared.space.locate("identity"),
+        )
 
 
 def _routes_to(definition: CompiledDefinition, destination: str) -> bool:
@@ -362,7 +388,8 @@ class Run:
     def _unchanged_since(self, compiled: CompiledSpace) -> RunRecord | None:
         """The last computing run, when its results provably still hold (freshness.py): compared with the
         latest run, whose inputs may be those of a run that found nothing to do."""
-        self.inputs = observe(self.warehouse, self.prepared.catalog, compiled)
+        identity = self.prepared.resolver.signature(self.warehouse)
+        self.inputs = observe(self.warehouse, self.prepared.catalog, compiled, identity)
         if self.full_refresh:
             return None
         last = self.state.runs(1, statuses=("succeeded", "unchanged"))
@@ -379,7 +406,10 @@ class Run:
         with self.console.stage("diff against state"):
             self.warehouse.create_temp_table(diff.CURRENT_LONG, diff.current_long(compiled.definitions))
             changes = diff.changes(
-                self.space.name, compiled.definitions, self.state.previous(), self.generation
+                self.space.name,
+                compiled.definitions,
+                self.state.previous(self.prepared.resolver.graph),
+                self.generation,
             )
             self.warehouse.create_temp_table(diff.CHANGES, changes)
 
@@ -460,6 +490,9 @@ class Run:
             for connector, delivery in inside:
                 connector.prepare(delivery)
             reached("prepared")
+            graph = self.prepared.resolver.graph
+            if graph is not None:
+                self.state.prepare_merges(graph)
             with self.warehouse.transaction():
                 for connector, delivery in inside:
                     written[connector.destination] = self._deliver(connector, delivery)
@@ -469,6 +502,7 @@ class Run:
                     diff.definitions_relation(self.space.name, compiled.definitions),
                     self.generation,
                     utc_now(),
+                    graph,
                 )
                 self.state.unstage(run)
                 self.state.record_run(self._record("succeeded", summary, None))

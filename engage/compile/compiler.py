@@ -285,7 +285,7 @@ class Compiler:
             if item.identifier == "user_id":
                 on = identifier.eq(exp.column(USER_ID, AGGREGATES_CTE))
             elif item.identifier == "anonymous_id":
-                on = identifier.eq(exp.column(PROFILE, AGGREGATES_CTE))
+                on = identifier.eq(exp.column(self.resolver.anonymous_key, AGGREGATES_CTE))
             else:
                 on = identifier.eq(self.custom_trait("email")[0])
             self.join_profiles(table, on)

@@ -125,8 +125,9 @@ class SharedScan:
     ) -> exp.Select:
         """One source table's visible rows, with the shared columns in a fixed order."""
         alias = "t"
+        profile, joins = self.resolver.profile(alias, table)
         select = exp.select(
-            exp.alias_(self.resolver.profile(alias), PROFILE),
+            exp.alias_(profile, PROFILE),
             exp.alias_(exp.column("user_id", alias), "user_id"),
             exp.alias_(exp.column("timestamp", alias), TS),
         )
@@ -149,11 +150,12 @@ class SharedScan:
         visible = exp.and_(
             exp.column("timestamp", alias) <= timestamp(self.as_of, self.caps),
             # A row with no identifier belongs to no profile.
-            self.resolver.profile(alias).is_(exp.null()).not_(),
+            profile.copy().is_(exp.null()).not_(),
         )
-        return select.from_(exp.table_(table.name, db=table.source, alias=alias), copy=False).where(
-            visible, copy=False
-        )
+        select = select.from_(exp.table_(table.name, db=table.source, alias=alias), copy=False)
+        for joined, on in joins:
+            select = select.join(joined, on=on, join_type="left", copy=False)
+        return select.where(visible, copy=False)
 
     def _family_rows(self, family: list[str]) -> exp.Query:
         columns = sorted({c for name in family for c in self._columns[name]})
@@ -191,17 +193,7 @@ class SharedScan:
         families = [(f"scan_{family[0]}", family) for family in self.families()]
         ctes: list[tuple[str, exp.Query]] = [(name, self._family_query(family)) for name, family in families]
         every = union_all([exp.select(PROFILE, USER_ID).from_(name) for name, _ in families])
-        user_id = exp.func("MAX", exp.column(USER_ID))
-        profiles = (
-            exp.select(
-                PROFILE,
-                exp.alias_(user_id, USER_ID),
-                exp.alias_(self.resolver.anonymous_id(exp.column(PROFILE), user_id.copy()), ANONYMOUS_ID),
-            )
-            .from_(every.subquery("seen"))
-            .group_by(PROFILE)
-        )
-        ctes.append((PROFILES_CTE, profiles))
+        ctes.append((PROFILES_CTE, self.resolver.profiles(every)))
         joined = exp.select(*(exp.column(c, "p") for c in (PROFILE, USER_ID, ANONYMOUS_ID))).from_(
             exp.table_(PROFILES_CTE, alias="p")
         )

@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -169,9 +169,11 @@ class SparkEngine:
 
 
 def normal(value: Any) -> Any:
-    """A value as engines agree on it: floats to 9 significant digits, times as ISO text."""
+    """A value as engines agree on it: floats to 9 significant digits, times as ISO text (UTC)."""
     if isinstance(value, float):
         return float(f"{value:.9g}") if math.isfinite(value) else value
+    if isinstance(value, datetime) and value.tzinfo is not None:  # BigQuery's TIMESTAMP
+        return value.astimezone(UTC).replace(tzinfo=None).isoformat()
     if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, dict):
@@ -190,14 +192,16 @@ class Outcome:
     summaries: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _read_outputs(project_root: Path) -> dict[str, list[dict[str, Any]]]:
+def _read_outputs(project_root: Path, schema: str | None = None) -> dict[str, list[dict[str, Any]]]:
+    """The rows of every table in the space's output schema (or `schema`), normalized."""
     project = load_project(project_root)
     space = project.space("default")
+    schema = schema or space.output_schema
     warehouse = open_warehouse(space, read_only=True)
     try:
-        catalog = warehouse.describe([space.output_schema])
+        catalog = warehouse.describe([schema])
         sql_traits: set[str] = set()
-        if (space.output_schema, "_engage_state") in catalog.tables:  # the state is where it computed
+        if (schema, "_engage_state") in catalog.tables:  # the state is where it computed
             loaded = load_definitions(space.definitions_dir, project.root, space.config.warehouse.type, [])
             sql_traits = {d.key for d in loaded if d.kind == "sql_trait"}
         tables: dict[str, list[dict[str, Any]]] = {}
@@ -205,13 +209,14 @@ def _read_outputs(project_root: Path) -> dict[str, list[dict[str, Any]]]:
             if name in ("_engage_runs", "_engage_lease"):  # run ids, times and holders differ by nature
                 continue
             columns = sorted(c for c in table.columns if c not in LOAD_TIME_COLUMNS | {"updated_at"})
-            query = exp.select(*columns).from_(exp.table_(name, db=space.output_schema))
+            query = exp.select(*columns).from_(exp.table_(name, db=schema))
             rows = [
                 {c.lower(): normal(v) for c, v in zip(names, row, strict=True)}
                 for names, batch in warehouse.fetch_batches(query, 10_000)
                 for row in batch
             ]
             key = ("definition_key", "trait_key", "profile_id") if name == "_engage_state" else ("id",)
+            key = tuple(columns) if not any(k in columns for k in key) else key
             for row in rows:
                 if row.get("value_num") is not None:  # a number's text is the engine's spelling of it
                     row["value_text"] = normal(float(row["value_text"]))
@@ -226,30 +231,44 @@ def _read_outputs(project_root: Path) -> dict[str, list[dict[str, Any]]]:
 MEMORY = "{type: memory, send: [identify, track]}"
 
 
-def write_config(root: Path, engine: Engine, destinations: Mapping[str, str]) -> None:
+def write_config(
+    root: Path,
+    engine: Engine,
+    destinations: Mapping[str, str],
+    sources: Sequence[str] = SOURCES,
+    identity: str | None = None,
+) -> None:
     """A project config syncing the space `default` of `engine` to `destinations` (name → YAML block)."""
     (root / "config").mkdir(parents=True)
     (root / "config" / "engage.yaml").write_text(
         "spaces:\n"
         "  default:\n"
         f"    warehouse: {engine.warehouse_yaml()}\n"
-        f"    sources: [{', '.join(SOURCES)}]\n"
-        "    definitions: audiences\n"
+        f"    sources: [{', '.join(sources)}]\n"
+        + (f"    identity: {identity}\n" if identity else "")
+        + "    definitions: audiences\n"
         "    destinations:\n" + "".join(f"      {name}: {block}\n" for name, block in destinations.items())
     )
 
 
 def run_project(
-    root: Path, engine: Engine, tables: Sequence[SourceTable], target: Engine | None = None
+    root: Path,
+    engine: Engine,
+    tables: Sequence[SourceTable],
+    target: Engine | None = None,
+    *,
+    definitions: str = "default",
+    sources: Sequence[str] = SOURCES,
+    identity: str | None = None,
 ) -> Outcome:
-    """Lands `tables` on `engine`, writes a project syncing the example definitions there, runs it at
-    each of `AS_OFS`, and returns the normalized outputs. With a `target`, the `engage_<space>` tables are
-    written into that other warehouse (the state stays with the compute)."""
-    shutil.copytree(REPO / "audiences" / "default", root / "audiences")
+    """Lands `tables` on `engine`, writes a project syncing the example definitions there (those of
+    `audiences/<definitions>`), runs it at each of `AS_OFS`, and returns the normalized outputs. With a
+    `target`, the `engage_<space>` tables are written into that other warehouse (the state stays with the
+    compute)."""
+    shutil.copytree(REPO / "audiences" / definitions, root / "audiences")
     elsewhere = f", warehouse: {target.warehouse_yaml()}" if target else ""
-    write_config(
-        root, engine, {"warehouse": f"{{type: warehouse, send: [identify, track]{elsewhere}}}", "mem": MEMORY}
-    )
+    destinations = {"warehouse": f"{{type: warehouse, send: [identify, track]{elsewhere}}}", "mem": MEMORY}
+    write_config(root, engine, destinations, sources, identity)
     engine.land(tables)
     MemoryConnector.sent.clear()
     outcome = Outcome()
