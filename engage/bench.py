@@ -304,14 +304,22 @@ def run_bench(
             "handwritten_after", "verify_after",
         ]  # fmt: skip
         terminal.print(f"engage bench: {profiles:,} profiles, {events:,} events, project in {root}")
-        for name in plan:
-            with terminal.status(f"{LABELS[name]}…"):
-                phase = run_phase(name, base, scratch)
-            report.phases[name] = phase
-            terminal.print(
-                f"[green]✓[/green] {phase.label}: {phase.seconds:.2f}s, peak RSS {phase.peak_rss_mib:.0f} MiB"
-            )
+        report.phases = run_plan(plan, LABELS, base, scratch, terminal)
         return report
+
+
+def run_plan(
+    plan: list[str], labels: dict[str, str], base: dict[str, Any], scratch: Path, terminal: Any
+) -> dict[str, Phase]:
+    """Runs the phases of `plan` in order, each in its own process, saying how each went on `terminal`."""
+    phases: dict[str, Phase] = {}
+    for name in plan:
+        with terminal.status(f"{labels[name]}…"):
+            phase = run_phase(name, base, scratch)
+        phases[name] = phase
+        figures = f"{phase.seconds:.2f}s, peak RSS {phase.peak_rss_mib:.0f} MiB"
+        terminal.print(f"[green]✓[/green] {labels[name]}: {figures}")
+    return phases
 
 
 def print_report(report: BenchReport) -> None:
@@ -463,6 +471,11 @@ def _phase_append(params: dict[str, Any]) -> tuple[float, dict[str, Any]]:
 
 
 def _phase_sync(params: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+    return _phase_sync_space(params, SPACE, AS_OF)
+
+
+def _phase_sync_space(params: dict[str, Any], space: str, as_of: datetime) -> tuple[float, dict[str, Any]]:
+    """One sync of `space` at `as_of`, timed per stage."""
     from engage.config import load_project
     from engage.console import Console
 
@@ -484,7 +497,7 @@ def _phase_sync(params: dict[str, Any]) -> tuple[float, dict[str, Any]]:
     stages = Stages()
     started = time.perf_counter()
     project = load_project(Path(params["root"]))
-    summary = run_space(project, SPACE, as_of=AS_OF, console=stages)
+    summary = run_space(project, space, as_of=as_of, console=stages)
     seconds = time.perf_counter() - started
     return seconds, {
         "entered": summary.entered,
@@ -615,8 +628,10 @@ def child_main(argv: list[str]) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from engage.bench_identity import PHASES as IDENTITY_PHASES
+
     try:
-        seconds, detail = _PHASES[name](params)
+        seconds, detail = {**_PHASES, **IDENTITY_PHASES}[name](params)
     except Exception as err:
         traceback.print_exc()
         Path(result_path).write_text(json.dumps({"error": f"{type(err).__name__}: {err}"}))
