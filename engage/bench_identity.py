@@ -215,7 +215,7 @@ def _notes(phase: Phase) -> str:
     if phase.name in ("identity_full", "identity_incremental"):
         return (
             f"{detail['profiles']:,} profiles, {detail['segment_ids']:,} ids, {detail['merged']:,} merged,"
-            f" depth {detail['depth']}, {detail['external_ids']:,} external ids"
+            f" {detail['external_ids']:,} external ids, {detail['new_rows']:,} rows read"
         )
     if phase.name == "identity_check":
         return "equal" if detail.get("match") else f"differs: {detail.get('differences')}"
@@ -263,7 +263,7 @@ def _materialize(params: dict[str, Any], output: str, full_refresh: bool) -> tup
     warehouse = open_warehouse(space)
     try:
         started = time.perf_counter()
-        counts = materialize(warehouse, SCHEMA, output, full_refresh=full_refresh)
+        counts = materialize(warehouse, SCHEMA, output, full_refresh=full_refresh, depth=False)
         seconds = time.perf_counter() - started
     finally:
         warehouse.close()

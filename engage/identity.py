@@ -280,17 +280,17 @@ def identity_errors(space: Space, warehouse: Warehouse, catalog: Catalog) -> lis
 
 
 def materialize_identity(
-    space: Space, warehouse: Warehouse, catalog: Catalog, *, full_refresh: bool = False
+    space: Space, warehouse: Warehouse, catalog: Catalog, *, full_refresh: bool = False, depth: bool = True
 ) -> IdentityCounts | None:
     """Brings the space's identity tables up to date with what has landed (incrementally unless
-    `full_refresh`); None when the space resolves no identity."""
+    `full_refresh`); None when the space resolves no identity. `depth`: count the longest merge chain."""
     identity = space.config.identity
     schema = space.identity_schema
     if isinstance(identity, ProfilesSyncIdentity):
         from engage.identity_graph import materialize
 
         assert schema is not None
-        return materialize(warehouse, identity.schema_, schema, full_refresh=full_refresh)
+        return materialize(warehouse, identity.schema_, schema, full_refresh=full_refresh, depth=depth)
     if isinstance(identity, StitchIdentity):
         from engage.identity_stitch import materialize_stitch
 

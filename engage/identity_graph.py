@@ -112,7 +112,7 @@ class IdentityCounts:
     profiles: int  # live (canonical) profiles
     segment_ids: int
     merged: int
-    depth: int
+    depth: int | None  # the longest merge chain, in merges (None: not counted)
     external_ids: int
     full: bool = True  # rebuilt from every landed row (else incrementally)
     new_rows: int = 0  # rows of the updates tables read (incrementally: since the watermark, less LOOKBACK)
@@ -441,11 +441,18 @@ def _rebuild(
 
 # -- materialize: the three tables together, in full or incrementally ---------------------------------------
 def materialize(
-    warehouse: Warehouse, source_schema: str, output_schema: str, *, full_refresh: bool = False
+    warehouse: Warehouse,
+    source_schema: str,
+    output_schema: str,
+    *,
+    full_refresh: bool = False,
+    depth: bool = True,
 ) -> IdentityCounts:
     """Brings the three Profiles Sync tables in `output_schema` up to date with what Segment landed in
     `source_schema`: incrementally when an earlier run left its watermark and its tables as this run would
-    make them (a new trait column rebuilds), else, or with `full_refresh`, from every landed row."""
+    make them (a new trait column rebuilds), else, or with `full_refresh`, from every landed row. The
+    longest merge chain is counted only with `depth` (one pass per link over every merged id: a sync that
+    only logs it does without)."""
     missing = [t for t in SOURCES if not warehouse.table_columns(source_schema, t)]
     if missing:
         raise DataError(f"Profiles Sync tables missing from {source_schema}: {', '.join(missing)}")
@@ -463,7 +470,7 @@ def materialize(
         warehouse.fetchall(exp.select(exp.func("SUM", exp.column("read"))).from_(Scratch.MARKS))[0][0] or 0
     )
     _write(warehouse, output_schema, replacements)
-    return _counts(warehouse, output_schema, full, new_rows)
+    return _counts(warehouse, output_schema, full, new_rows, depth)
 
 
 def _tables(
@@ -586,8 +593,8 @@ def _write(warehouse: Warehouse, schema: str, replacements: list[Replacement]) -
         )
 
 
-def _counts(warehouse: Warehouse, schema: str, full: bool, new_rows: int) -> IdentityCounts:
-    """What the tables hold, in one query; the depth over every id's latest row."""
+def _counts(warehouse: Warehouse, schema: str, full: bool, new_rows: int, depth: bool) -> IdentityCounts:
+    """What the tables hold, in one query; the depth (when asked) over every id's latest row."""
     live = (
         exp.select(exp.alias_(exp.Count(this=exp.Star()), "profiles"))
         .from_(exp.table_(PROFILE_TRAITS, db=schema))
@@ -602,12 +609,11 @@ def _counts(warehouse: Warehouse, schema: str, full: bool, new_rows: int) -> Ide
         .join(live.subquery("p"), join_type="cross")
         .join(external.subquery("e"), join_type="cross")
     )
-    depth = _depth(warehouse, exp.table_(LATEST_IDS, db=schema))
     return IdentityCounts(
         profiles=int(profiles),
         segment_ids=int(segment_ids),
         merged=int(merged or 0),
-        depth=depth,
+        depth=_depth(warehouse, exp.table_(LATEST_IDS, db=schema)) if depth else None,
         external_ids=int(external_ids),
         full=full,
         new_rows=new_rows,

@@ -17,11 +17,11 @@ they affect, ending in exactly the tables a full rebuild gives:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC
 
 from sqlglot import exp
 
-from engage.compile.expressions import union_all
-from engage.compile.portable import add_seconds
+from engage.compile.expressions import timestamp, union_all
 from engage.identity_graph import (
     EXTERNAL_COLUMNS,
     EXTERNAL_IDS,
@@ -50,12 +50,10 @@ from engage.identity_graph import (
     newest,
     observation_rows,
     profile_traits_columns,
-    smallest_if_null,
     trait_rows,
     trait_values,
 )
 from engage.warehouse.base import Warehouse
-from engage.warehouse.capabilities import Capabilities
 
 # Rows landed since the watermarks: id_graph_updates', external_id_mapping_updates', and the segment_ids of
 # profile_traits_updates'.
@@ -143,46 +141,37 @@ def _since_watermark(
     warehouse: Warehouse, output_schema: str, source_schema: str, table: str, rows: exp.Select
 ) -> exp.Select:
     """`rows` (of `table`, aliased u) that landed after its watermark less LOOKBACK (all of them when the
-    table was empty at the last run)."""
-    since = (
-        exp.select(exp.alias_(exp.func("MAX", exp.column("uuid_ts")), "since"))
+    table was empty at the last run). The bound is a literal, read first: the engine can then skip the
+    blocks of older rows by their min/max statistics instead of reading the whole table."""
+    since = warehouse.fetchall(
+        exp.select(exp.func("MAX", exp.column("uuid_ts")))
         .from_(exp.table_(WATERMARKS, db=output_schema))
         .where(_watermark_of(source_schema, table))
-    )
-    lookback = -int(LOOKBACK.total_seconds())
-    landed = exp.GT(
-        this=exp.column("uuid_ts", "u"),
-        expression=add_seconds(warehouse.capabilities, exp.column("since", "w"), lookback),
-    )
-    return rows.join(since.subquery("w"), join_type="cross").where(
-        exp.or_(exp.column("since", "w").is_(exp.null()), landed)
-    )
+    )[0][0]
+    if since is None:
+        return rows
+    if since.tzinfo is not None:  # BigQuery's TIMESTAMP
+        since = since.astimezone(UTC).replace(tzinfo=None)
+    bound = timestamp(since - LOOKBACK, warehouse.capabilities)
+    return rows.where(exp.GT(this=exp.column("uuid_ts", "u"), expression=bound))
 
 
-def _changed(
-    caps: Capabilities, landed: str, kept: exp.Table, key: str, order: Sequence[str], columns: list[str]
-) -> exp.Select:
+def _changed(landed: str, kept: exp.Table, key: str, order: Sequence[str], columns: list[str]) -> exp.Select:
     """The newest row of each `key` of the `landed` rows, over those rows and the one `kept` for it, where
     that is not the row kept (a row landed again is new: its uuid_ts is). The `order` columns tell rows
-    apart."""
+    apart; on a tie the kept row wins, so reading a row again within the lookback changes nothing."""
+    flag = "__engage_kept"
+    fresh = exp.select(*columns, exp.alias_(exp.Literal.number(0), flag)).from_(landed)
     again = (
-        exp.select(*columns)
+        exp.select(*columns, exp.alias_(exp.Literal.number(1), flag))
         .from_(kept.copy())
         .where(exp.column(key).isin(query=exp.select(key).from_(landed)))
     )
-    latest = newest(union_all([exp.select(*columns).from_(landed), again]), key, order)
-    same = exp.and_(
-        exp.column(key, "k").eq(exp.column(key, "n")),
-        *(
-            smallest_if_null(exp.column(c, "k"), caps).eq(smallest_if_null(exp.column(c, "n"), caps))
-            for c in order
-        ),
-    )
+    latest = newest(union_all([fresh, again]), key, [*order, flag])
     return (
         exp.select(*(exp.column(c, "n") for c in columns))
         .from_(latest.subquery("n"))
-        .join(exp.table_(kept.name, db=kept.db, alias="k"), on=same, join_type="left")
-        .where(exp.column(key, "k").is_(exp.null()))
+        .where(exp.column(flag, "n").eq(0))
     )
 
 
@@ -192,9 +181,7 @@ def _stage_graph(warehouse: Warehouse, source_schema: str, output_schema: str) -
     stored = exp.table_(ID_GRAPH, db=output_schema)
     kept = exp.table_(LATEST_IDS, db=output_schema)
     columns = columns_of(LATEST_COLUMNS)
-    warehouse.create_temp_table(
-        _CHANGED, _changed(warehouse.capabilities, _SEEN, kept, "segment_id", ID_ORDER, columns)
-    )
+    warehouse.create_temp_table(_CHANGED, _changed(_SEEN, kept, "segment_id", ID_ORDER, columns))
     their_canonicals = (
         exp.select(
             exp.func("COALESCE", exp.column("canonical_segment_id", "o"), exp.column("segment_id", "c"))
@@ -284,9 +271,7 @@ def _stage_external(warehouse: Warehouse, output_schema: str, canonicals: Canoni
     (`_HASHES`) and their rows (`Scratch.EXTERNAL`)."""
     kept = exp.table_(OBSERVATIONS, db=output_schema)
     columns = columns_of(OBSERVATION_COLUMNS)
-    observed = _changed(
-        warehouse.capabilities, _OBSERVATIONS, kept, "external_id_hash", OBSERVATION_ORDER, columns
-    )
+    observed = _changed(_OBSERVATIONS, kept, "external_id_hash", OBSERVATION_ORDER, columns)
     warehouse.create_temp_table(Scratch.OBSERVED, observed)
     on_moved = (
         exp.select(exp.column("external_id_hash", "l"))

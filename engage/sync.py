@@ -245,13 +245,13 @@ def _materialize_identity(prepared: PreparedSpace, console: Console, full_refres
         return
     with console.stage("resolve identity"):
         counts = materialize_identity(
-            prepared.space, prepared.warehouse, prepared.catalog, full_refresh=full_refresh
+            prepared.space, prepared.warehouse, prepared.catalog, full_refresh=full_refresh, depth=False
         )
     if counts is not None:
         log.info(
-            "identity space=%s profiles=%s ids=%s merged=%s depth=%s external_ids=%s",
-            prepared.space.name, counts.profiles, counts.segment_ids, counts.merged, counts.depth,
-            counts.external_ids,
+            "identity space=%s profiles=%s ids=%s merged=%s external_ids=%s rows_read=%s full=%s",
+            prepared.space.name, counts.profiles, counts.segment_ids, counts.merged, counts.external_ids,
+            counts.new_rows, counts.full,
         )  # fmt: skip
 
 
