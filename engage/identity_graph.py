@@ -353,6 +353,8 @@ def trait_values(
     over `updates`: `profile_traits_updates` aliased u, with the joins `canonical` reads."""
     caps = warehouse.capabilities
     order = [smallest_if_null(exp.column(c, "u"), caps) for c in ID_ORDER]
+    if caps.pick == "window":
+        return _ranked_trait_values(traits, updates, canonical, order)
     latest = [
         exp.alias_(
             pick(caps, exp.column(c, "u"), order, exp.column(c, "u").is_(exp.null()).not_(), True, t), c
@@ -360,6 +362,40 @@ def trait_values(
         for c, t in traits
     ]
     return updates.select(exp.alias_(canonical, "canonical_segment_id"), *latest).group_by(canonical.copy())
+
+
+def _ranked_trait_values(
+    traits: list[tuple[str, exp.DataType]], updates: exp.Select, canonical: exp.Expr, order: list[exp.Expr]
+) -> exp.Select:
+    """`trait_values` for engines with neither ARG_MAX nor ordered arrays (Redshift): one ROW_NUMBER per
+    trait, non-null values first, then newest; the rank-1 value of each, in one pass and one GROUP BY."""
+    ranks = []
+    for column, _ in traits:
+        value = exp.column(column, "u")
+        known = exp.case().when(value.is_(exp.null()), exp.Literal.number(0)).else_(exp.Literal.number(1))
+        keys = [
+            exp.Ordered(this=k, desc=True, nulls_first=False) for k in [known, *(o.copy() for o in order)]
+        ]
+        rank = exp.Window(
+            this=exp.RowNumber(), partition_by=[canonical.copy()], order=exp.Order(expressions=keys)
+        )
+        ranks += [exp.alias_(value.copy(), column), exp.alias_(rank, f"__rank_{column}")]
+    ranked = updates.select(exp.alias_(canonical, "canonical_segment_id"), *ranks)
+    firsts = [
+        exp.alias_(
+            exp.func(
+                "BOOL_OR" if kind.is_type(exp.DataType.Type.BOOLEAN) else "MAX",
+                exp.case().when(exp.column(f"__rank_{c}").eq(1), exp.column(c)),
+            ),
+            c,
+        )
+        for c, kind in traits
+    ]
+    return (
+        exp.select("canonical_segment_id", *firsts)
+        .from_(ranked.subquery("ranked"))
+        .group_by("canonical_segment_id")
+    )
 
 
 def trait_rows(

@@ -3,12 +3,15 @@ schema gives DuckDB's identity tables, members, values, messages and `engage_<sp
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import duckdb
 import pytest
 
 from engage.demo_profiles import generate_profiles_sync
+from engage.warehouse.capabilities import DUCKDB
+from engage.warehouse.duckdb import DuckDBWarehouse
 from tests.engines.conftest import DATA_END, DuckDBEngine, Engine, Outcome, _read_outputs, run_project
 from tests.engines.dataset import SourceTable, read_sources
 from tests.engines.test_differential import ENGINES, _same_rows, assert_same
@@ -62,3 +65,23 @@ def test_each_engine_resolves_identity_as_duckdb(
     for name in IDENTITY_TABLES:
         _same_rows(expected_identity[name], identity[name], f"{engine.name}: {name}")
     assert_same(expected, outcome, engine.name)
+
+
+def test_fallbacks_for_engines_without_arrays_resolve_identity_as_duckdb(
+    tmp_path: Path,
+    profiles_sync_tables: list[SourceTable],
+    duckdb_identity: tuple[Outcome, dict[str, list]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redshift's path (a ranked query per trait instead of ARG_MAX) and Spark's (tables overwritten, no
+    DELETE), run here on DuckDB."""
+    fallbacks = replace(
+        DUCKDB, pick="window", sorted_set="listagg", try_cast=False, qualify=False, row_updates=False
+    )
+    monkeypatch.setattr(DuckDBWarehouse, "capabilities", fallbacks)
+    root = tmp_path / "project"
+    expected, expected_identity = duckdb_identity
+    outcome, identity = _identity_run(root, DuckDBEngine(root / "warehouse.duckdb"), profiles_sync_tables)
+    for name in IDENTITY_TABLES:
+        _same_rows(expected_identity[name], identity[name], f"fallbacks: {name}")
+    assert_same(expected, outcome, "duckdb with fallbacks")
