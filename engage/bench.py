@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -193,19 +193,39 @@ class BenchReport:
 
 
 def write_project(root: Path, memory_limit: str, threads: int | None) -> None:
-    """Writes the throwaway project: config/engage.yaml and a copy of the benchmark definitions and query.
-    A database left by an earlier benchmark in `root` is removed, so the first sync is a first sync."""
+    """Writes the throwaway project of the sync case: the benchmark definitions and query, one space on the
+    demo sources."""
     source = benchmarks_dir()
+
+    def copy(target: Path) -> None:
+        shutil.copytree(source / "definitions", target / "definitions")
+        shutil.copy2(source / "handwritten.sql", target / "handwritten.sql")
+
+    space = {"sources": list(SOURCES), "definitions": "benchmarks/definitions"}
+    write_throwaway_project(root, copy, SPACE, space, memory_limit, threads)
+
+
+def write_throwaway_project(
+    root: Path,
+    copy: Callable[[Path], None],
+    name: str,
+    space: dict[str, Any],
+    memory_limit: str,
+    threads: int | None,
+) -> None:
+    """Writes a benchmark's project in `root`: config/engage.yaml with the one space `name` (`space`, plus a
+    DuckDB warehouse and one in-warehouse destination) and what `copy` puts in `root/benchmarks`. A database
+    left by an earlier benchmark in `root` is removed, so the first run is a first run."""
     target = root / "benchmarks"
     config_path = root / "config" / "engage.yaml"
     foreign = config_path.exists() and not config_path.read_text().startswith(HEADER)
-    if foreign or target.resolve() == source:
+    if foreign or target.resolve() == benchmarks_dir():
         raise ValueError(f"{root} holds a project that engage bench did not write; pick another --workdir")
     (root / "config").mkdir(parents=True, exist_ok=True)
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(source / "definitions", target / "definitions")
-    shutil.copy2(source / "handwritten.sql", target / "handwritten.sql")
+    target.mkdir()
+    copy(target)
     database = root / DATABASE
     for leftover in (database, Path(f"{database}.wal"), Path(f"{database}.tmp")):
         if leftover.is_dir():
@@ -216,14 +236,7 @@ def write_project(root: Path, memory_limit: str, threads: int | None) -> None:
     if threads is not None:
         warehouse["threads"] = threads
     config = {
-        "spaces": {
-            SPACE: {
-                "warehouse": warehouse,
-                "sources": list(SOURCES),
-                "definitions": "benchmarks/definitions",
-                "destinations": {"warehouse": {"type": "duckdb"}},
-            }
-        }
+        "spaces": {name: {"warehouse": warehouse, **space, "destinations": {"warehouse": {"type": "duckdb"}}}}
     }
     # JSON is YAML: no quoting rules to get wrong.
     config_path.write_text(HEADER + json.dumps(config, indent=2) + "\n")

@@ -17,7 +17,6 @@ Targets (the identity issue): incremental ≤ 0.1× the full materialization, pe
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -25,9 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from engage.bench import (
-    DATABASE,
     DEFAULT_MEMORY_LIMIT,
-    HEADER,
     RSS_TARGET_MIB,
     Phase,
     Target,
@@ -36,6 +33,7 @@ from engage.bench import (
     _workdir,
     benchmarks_dir,
     run_plan,
+    write_throwaway_project,
 )
 
 SPACE = "identity_bench"
@@ -118,31 +116,19 @@ class IdentityBenchReport:
 
 
 def write_project(root: Path, memory_limit: str, threads: int | None) -> None:
-    """The throwaway project: config and a copy of `benchmarks/identity`; an earlier database is removed."""
+    """The throwaway project of the identity case: a copy of `benchmarks/identity`, one space resolving
+    identity through the generated Profiles Sync schema."""
     import shutil
 
-    config_path = root / "config" / "engage.yaml"
-    if config_path.exists() and not config_path.read_text().startswith(HEADER):
-        raise ValueError(f"{root} holds a project that engage bench did not write; pick another --workdir")
-    (root / "config").mkdir(parents=True, exist_ok=True)
-    target = root / "benchmarks" / "identity"
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(benchmarks_dir() / "identity", target)
-    database = root / DATABASE
-    for leftover in (database, Path(f"{database}.wal")):
-        leftover.unlink(missing_ok=True)
-    warehouse: dict[str, Any] = {"type": "duckdb", "path": DATABASE.as_posix(), "memory_limit": memory_limit}
-    if threads is not None:
-        warehouse["threads"] = threads
+    def copy(target: Path) -> None:
+        shutil.copytree(benchmarks_dir() / "identity", target / "identity")
+
     space = {
-        "warehouse": warehouse,
         "sources": [SCHEMA],
         "identity": {"type": "profiles_sync", "schema": SCHEMA, "output_schema": OUTPUT},
         "definitions": "benchmarks/identity",
-        "destinations": {"warehouse": {"type": "duckdb"}},
     }
-    config_path.write_text(HEADER + json.dumps({"spaces": {SPACE: space}}, indent=2) + "\n")
+    write_throwaway_project(root, copy, SPACE, space, memory_limit, threads)
 
 
 def run_identity_bench(
