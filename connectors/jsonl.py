@@ -26,13 +26,7 @@ class JsonlConnector(Connector):
         path.parent.mkdir(parents=True, exist_ok=True)
         written = 0
         with path.open("a", encoding="utf-8") as sink:
-            for batch in delivery.calls(self.options.batch_size):
-                lines = []
-                for call in batch:
-                    if "identify" in delivery.send:
-                        lines.append(json.dumps(call.identify(delivery.context), sort_keys=True))
-                    if "track" in delivery.send:
-                        lines.append(json.dumps(call.track(delivery.context), sort_keys=True))
-                sink.write("".join(line + "\n" for line in lines))
-                written += len(lines)
+            for batch in delivery.payloads(self.options.batch_size):
+                sink.write("".join(json.dumps(payload, sort_keys=True) + "\n" for payload in batch))
+                written += len(batch)
         return written

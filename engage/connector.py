@@ -1,9 +1,11 @@
 """The storage connector contract, and how a destination's `type` finds its connector.
 
-A connector receives a `Delivery`: the run's changes for the definitions routed to it. It either streams
-`Call` payloads (`delivery.calls()`), or, when it writes into the compute warehouse itself, runs
-`INSERT … SELECT` statements shaped by `delivery.rows` so that no row passes through Python. In-warehouse
-connectors run inside the transaction that also advances the state; the others run just before it.
+A connector receives a `Delivery`: one run's changes for the definitions routed to it. It either streams
+Segment-spec payloads (`delivery.payloads()`: the identify and track calls its `send:` and selective sync
+take), or, when it writes into the compute warehouse itself, runs `INSERT … SELECT` statements shaped by
+`delivery.rows` so that no row passes through Python. In-warehouse connectors run inside the transaction
+that also advances the state. A call the destination refuses for good goes to `delivery.reject()` and holds
+back nothing; any exception means the destination failed this time and gets the same calls again later.
 
 Adding a connector is one module in `connectors/` (import name `engage_connectors`) defining one
 `Connector` subclass whose `name` is the module name, or a module of another package registered under the
@@ -16,9 +18,9 @@ import difflib
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -38,9 +40,44 @@ class NoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Payload = dict[str, Any]  # one Segment-spec identify or track call
+
+
+@dataclass(frozen=True)
+class TableSelection:
+    """Selective sync's tables (SPEC §5): `identifies`, `users`, `tracks` and per-event tables
+    (`audience_entered`, …). Nothing listed in `include` means every table; `exclude` always wins. For a
+    destination that takes calls rather than tables, an identify is its `identifies` row, and a track is
+    sent when `tracks` or its event's table is included and neither is excluded."""
+
+    include: frozenset[str] = frozenset()
+    exclude: frozenset[str] = frozenset()
+
+    def takes(self, table: str) -> bool:
+        return table not in self.exclude and (not self.include or table in self.include)
+
+    def takes_track(self, event_table: str) -> bool:
+        if {"tracks", event_table} & self.exclude:
+            return False
+        return not self.include or bool({"tracks", event_table} & self.include)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A call a destination refused for good (a 4xx other than 429, an oversize call): recorded, not
+    retried, and no obstacle to the calls after it."""
+
+    message_id: str
+    type: str
+    definition_key: str
+    user_id: str | None
+    anonymous_id: str | None
+    error: str
+
+
 @dataclass(frozen=True)
 class Delivery:
-    """One destination's share of a run."""
+    """One destination's share of one run."""
 
     destination: str
     schema: str
@@ -50,6 +87,8 @@ class Delivery:
     warehouse: Warehouse
     changes: str
     rows: WarehouseRows
+    tables: TableSelection = TableSelection()
+    rejections: list[Rejection] = field(default_factory=list)
 
     def calls(self, batch_size: int = 1000) -> Iterator[list[Call]]:
         from engage.failpoints import reached
@@ -60,6 +99,37 @@ class Delivery:
             if number:  # the destination has taken the previous batch
                 reached("delivering")
             yield batch
+
+    def payloads(self, batch_size: int = 1000) -> Iterator[list[Payload]]:
+        """The run's identify and track calls this destination takes (`send:` and selective sync), in
+        batches of about `batch_size` changes, streamed from the warehouse."""
+        from engage.naming import snakecase
+
+        identify = "identify" in self.send and self.tables.takes("identifies")
+        track = "track" in self.send
+        for batch in self.calls(batch_size):
+            payloads: list[Payload] = []
+            for call in batch:
+                if identify:
+                    payloads.append(call.identify(self.context))
+                if track and self.tables.takes_track(snakecase(call.event_name(self.context.events))):
+                    payloads.append(call.track(self.context))
+            if payloads:
+                yield payloads
+
+    def reject(self, payload: Payload, error: str) -> None:
+        """Records a call the destination refused for good, with its error; delivery goes on."""
+        personas = payload.get("context", {}).get("personas", {})
+        self.rejections.append(
+            Rejection(
+                message_id=str(payload.get("messageId")),
+                type=str(payload.get("type")),
+                definition_key=str(personas.get("computation_key")),
+                user_id=payload.get("userId"),
+                anonymous_id=payload.get("anonymousId"),
+                error=error,
+            )
+        )
 
 
 class Connector(ABC):
