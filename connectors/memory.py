@@ -17,10 +17,6 @@ class MemoryConnector(Connector):
     def deliver(self, delivery: Delivery) -> int:
         messages = self.sent.setdefault(self.destination, [])
         before = len(messages)
-        for batch in delivery.calls(500):
-            for call in batch:
-                if "identify" in delivery.send:
-                    messages.append(call.identify(delivery.context))
-                if "track" in delivery.send:
-                    messages.append(call.track(delivery.context))
+        for batch in delivery.payloads(500):
+            messages.extend(batch)
         return len(messages) - before

@@ -96,7 +96,7 @@ class TableWriter:
         self.rows: WarehouseRows = delivery.rows
 
     def _tables(self) -> list[_Table]:
-        """Every table this delivery writes, in writing order."""
+        """Every table this delivery writes, in writing order (selective sync may leave some out)."""
         tables = []
         if "identify" in self.delivery.send:
             key_types = self.rows.key_types()
@@ -108,7 +108,7 @@ class TableWriter:
                 standard = [*TRACK_COLUMNS, (label, "varchar")]
                 rows = partial(self.rows.tracks, call, label)
                 tables.append(_Table(snakecase(event), standard, self.rows.key_types(kinds), rows))
-        return tables
+        return [t for t in tables if self.delivery.tables.takes(t.name)]
 
     def _events(self) -> list[tuple[str, str, str, tuple[str, ...]]]:
         """(transition, event name, label column, definition kinds) of the per-event tables written."""

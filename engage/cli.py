@@ -18,16 +18,19 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console as RichTerminal
+from rich.markup import escape
 from rich.table import Table
 
 from engage import __version__
 from engage.config import ProfilesSyncIdentity, Project, find_project_root, load_project
 from engage.console import console_for
+from engage.delivery import DeliveryLog, DestinationStatus
 from engage.errors import ConfigError, EngageError, InputErrors, raise_all
 from engage.freshness import Inputs
 from engage.identity import identity_errors, materialize_identity
 from engage.lease import Holder, Lease, held
 from engage.scheduler import RunLog, Scheduler
+from engage.secrets import redact, redact_json
 from engage.state import RunRecord, StateStore
 from engage.sync import (
     RunSummary,
@@ -45,7 +48,7 @@ DIALECTS = sorted(BY_DIALECT)
 
 
 def _fail(err: EngageError, as_json: bool) -> None:
-    lines = [str(e) for e in err.errors] if isinstance(err, InputErrors) else [str(err)]
+    lines = [redact(str(e)) for e in (err.errors if isinstance(err, InputErrors) else [err])]
     if as_json:
         click.echo(json.dumps({"status": "failed", "exit_code": err.exit_code, "errors": lines}, indent=2))
     else:
@@ -145,13 +148,31 @@ def compile_command(ctx: click.Context, space: str, dialect: str | None, as_of: 
 @click.option(
     "--full-refresh", is_flag=True, help="Recompute even when no row, definition or window boundary changed."
 )
+@click.option(
+    "--resync",
+    multiple=True,
+    metavar="DESTINATION",
+    help="Send this destination the current state again, as on a first sync (repeatable).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @click.pass_context
 @handles_errors
 def sync(
-    ctx: click.Context, space: str, as_of: str | None, dry_run: bool, full_refresh: bool, as_json: bool
+    ctx: click.Context,
+    space: str,
+    as_of: str | None,
+    dry_run: bool,
+    full_refresh: bool,
+    resync: tuple[str, ...],
+    as_json: bool,
 ) -> None:
-    """Compute every definition of a space and send what changed since the last run."""
+    """Compute every definition of a space, advance its state, and bring every destination up to date.
+
+    Each destination has its own place in the runs: one that fails (exit 1) holds back neither the state
+    nor the others, and receives every run it missed, in order, on a later sync. A destination or
+    definition new to a destination first receives the current state."""
+    if resync and dry_run:
+        raise click.UsageError("--resync sends calls; it cannot be combined with --dry-run")
     project = _project(ctx)
     summary = run_space(
         project,
@@ -160,11 +181,14 @@ def sync(
         dry_run=dry_run,
         full_refresh=full_refresh,
         console=console_for(as_json),
+        resync=resync,
     )
     if as_json:
         click.echo(json.dumps(summary.to_json(), indent=2))
     else:
         _print_summary(summary)
+    if summary.failed:
+        sys.exit(1)
 
 
 def _print_summary(summary: RunSummary) -> None:
@@ -173,8 +197,9 @@ def _print_summary(summary: RunSummary) -> None:
         terminal.print(
             f"space {summary.space} as of {summary.as_of.isoformat()}: nothing can have changed since run"
             f" {summary.unchanged_since} (no new rows, same definitions, no window boundary crossed);"
-            f" nothing computed or sent in {summary.seconds:.2f}s. --full-refresh recomputes anyway."
+            f" nothing computed in {summary.seconds:.2f}s. --full-refresh recomputes anyway."
         )
+        _print_destinations(terminal, summary)
         return
     title = f"space {summary.space} as of {summary.as_of.isoformat()}" + (
         " (dry run: nothing written)" if summary.dry_run else ""
@@ -185,11 +210,24 @@ def _print_summary(summary: RunSummary) -> None:
     for d in summary.definitions:
         table.add_row(d.key, d.kind, str(d.size), str(d.entered), str(d.exited), str(d.changed))
     terminal.print(table)
-    sent = ", ".join(f"{name}: {count}" for name, count in summary.destinations.items()) or "nothing"
     terminal.print(
         f"entered {summary.entered}, exited {summary.exited}, changed {summary.changed}"
-        f" in {summary.seconds:.2f}s (generation {summary.generation}); written: {sent}"
+        f" in {summary.seconds:.2f}s (generation {summary.generation})"
     )
+    _print_destinations(terminal, summary)
+
+
+def _print_destinations(terminal: RichTerminal, summary: RunSummary) -> None:
+    if summary.dry_run:
+        return
+    sent = ", ".join(f"{name}: {count}" for name, count in summary.destinations.items()) or "nothing"
+    terminal.print(f"written: {sent}", markup=False)
+    for name, count in summary.rejected.items():
+        terminal.print(f"{name}: {count} calls rejected for good (engage status shows them)", markup=False)
+    for name, error in summary.failed.items():
+        terminal.print(
+            f"[red]{name} failed[/red]: {escape(error)}; it keeps its place and catches up on a later sync"
+        )
 
 
 @main.command()
@@ -236,21 +274,46 @@ def status(ctx: click.Context, space: str, limit: int, as_json: bool) -> None:
     selected = _project(ctx).space(space)
     warehouse = open_readonly(selected)
     try:
-        runs = StateStore(warehouse, selected.output_schema).runs(limit)
+        store = StateStore(warehouse, selected.output_schema)
+        runs = store.runs(limit)
+        latest = store.next_generation() - 1 if runs else 0
+        names = list(selected.config.destinations)
+        destinations = DeliveryLog(warehouse, selected.output_schema).status(names, latest) if runs else []
     finally:
         warehouse.close()
     if as_json:
-        click.echo(json.dumps([
-            {**r.__dict__, "as_of": r.as_of.isoformat(), "started_at": r.started_at.isoformat(),
-             "finished_at": r.finished_at.isoformat() if r.finished_at else None,
-             "next_change": _next_change(r)}
-            for r in runs
-        ], indent=2))  # fmt: skip
+        click.echo(json.dumps(redact_json({
+            "runs": [
+                {**r.__dict__, "as_of": r.as_of.isoformat(), "started_at": r.started_at.isoformat(),
+                 "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+                 "next_change": _next_change(r)}
+                for r in runs
+            ],
+            "destinations": [d.to_json() for d in destinations],
+        }), indent=2))  # fmt: skip
         return
     if not runs:
         click.echo(f"space {space}: no runs yet")
         return
     terminal = RichTerminal()
+    _print_runs(terminal, space, runs)
+    _print_destination_status(terminal, destinations)
+
+
+def _print_destination_status(terminal: RichTerminal, destinations: list[DestinationStatus]) -> None:
+    table = Table(title="destinations", title_justify="left")
+    for column in ("destination", "at generation", "runs behind", "rejected", "last attempt", "error"):
+        table.add_column(column, overflow="fold" if column == "error" else "ellipsis")
+    for d in destinations:
+        last = f"{d.last_status} {d.last_at:%Y-%m-%d %H:%M:%S}" if d.last_at else "never"
+        table.add_row(
+            d.destination, "-" if d.generation is None else str(d.generation), str(d.lag), str(d.rejected),
+            last, escape(redact(d.last_error or "")),
+        )  # fmt: skip
+    terminal.print(table)
+
+
+def _print_runs(terminal: RichTerminal, space: str, runs: list[RunRecord]) -> None:
     table = Table(title=f"space {space}: last {len(runs)} runs", title_justify="left")
     for column in ("started", "as of", "gen", "status", "secs", "entered", "exited", "changed", "error"):
         table.add_column(

@@ -6,8 +6,10 @@ A missing variable is a `ConfigError` naming the setting, never the value.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -20,9 +22,11 @@ from pydantic import (
     SecretStr,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
+from engage import secrets
 from engage.errors import ConfigError, Location, raise_all
 from engage.naming import snakecase
 from engage.yamlfile import YamlDocument, read_documents, validation_errors
@@ -205,6 +209,28 @@ class EventNames(_Model):
     trait_computed: str = "Trait Computed"
 
 
+class Selection(_Model):
+    """Names a destination takes: none listed in `include` means all of them; `exclude` always wins."""
+
+    include: list[str] = []
+    exclude: list[str] = []
+
+
+class SelectiveSync(_Model):
+    """Per-destination selective sync (SPEC §5): definitions by key or glob (`churn_*`), and tables
+    (`identifies`, `users`, `tracks`, or a per-event table such as `audience_exited`)."""
+
+    definitions: Selection = Selection()
+    tables: Selection = Selection()
+
+    def takes_definition(self, key: str) -> bool:
+        def listed(patterns: list[str]) -> bool:
+            return any(fnmatch.fnmatchcase(key, pattern) for pattern in patterns)
+
+        include, exclude = self.definitions.include, self.definitions.exclude
+        return not listed(exclude) and (not include or listed(include))
+
+
 class DestinationConfig(BaseModel):
     """One destination: `type` picks the connector; extra keys are the connector's own options."""
 
@@ -214,11 +240,30 @@ class DestinationConfig(BaseModel):
     schema_: str | None = Field(default=None, alias="schema")
     send: list[Literal["identify", "track"]] = ["identify", "track"]
     events: EventNames = EventNames()
+    selective_sync: SelectiveSync = SelectiveSync()
+    rate_limit: float | None = Field(default=None, gt=0, description="calls per second, at most")
+
+    @field_validator("selective_sync")
+    @classmethod
+    def _known_tables(cls, value: SelectiveSync, info: ValidationInfo) -> SelectiveSync:
+        events = info.data.get("events", EventNames())
+        names = (events.audience_entered, events.audience_exited, events.trait_computed)
+        known = {"identifies", "users", "tracks", *(snakecase(e) for e in names)}
+        for table in (*value.tables.include, *value.tables.exclude):
+            if table not in known:
+                raise ValueError(f"unknown table '{table}' (known: {', '.join(sorted(known))})")
+        return value
 
     @property
     def options(self) -> dict[str, Any]:
         """Connector-specific settings: every key this model does not define itself."""
         return dict(self.model_extra or {})
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """A connector's own secret settings (`write_key`, `apikey`, …) are plain extra keys here."""
+        for name, value in super().__repr_args__():
+            hidden = name is not None and secrets.is_secret_setting(name)
+            yield name, secrets.REDACTED if hidden else value
 
 
 def _schedule_kind(value: Any) -> str:
@@ -344,6 +389,8 @@ def _interpolate(value: Any, document: YamlDocument, loc: tuple[str | int, ...])
             name = match.group(1)
             if name not in os.environ:
                 raise ConfigError(f"environment variable {name} is not set", document.locate(loc))
+            if any(isinstance(part, str) and secrets.is_secret_setting(part) for part in loc[-1:]):
+                secrets.register(os.environ[name])
             return os.environ[name]
 
         return _ENV_REFERENCE.sub(substitute, value)

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -62,6 +63,32 @@ class TableSelection:
         return not self.include or bool({"tracks", event_table} & self.include)
 
 
+@dataclass
+class Pace:
+    """A delivery's rate limit (`rate_limit:` calls per second, over the whole delivery) and its progress
+    callback (changes taken so far), both applied as `Delivery.payloads()` hands out batches."""
+
+    rate: float | None = None
+    progress: Callable[[int], None] | None = None
+    _sent: int = 0
+    _started: float | None = None
+
+    def before(self, payloads: int) -> None:
+        """Waits until sending `payloads` more keeps the delivery at or under its rate."""
+        now = time.monotonic()
+        if self._started is None:
+            self._started = now
+        if self.rate is not None:
+            due = self._started + self._sent / self.rate
+            if due > now:
+                time.sleep(due - now)
+        self._sent += payloads
+
+    def took(self, changes: int) -> None:
+        if self.progress is not None:
+            self.progress(changes)
+
+
 @dataclass(frozen=True)
 class Rejection:
     """A call a destination refused for good (a 4xx other than 429, an oversize call): recorded, not
@@ -88,6 +115,7 @@ class Delivery:
     changes: str
     rows: WarehouseRows
     tables: TableSelection = TableSelection()
+    pace: Pace = field(default_factory=Pace)
     rejections: list[Rejection] = field(default_factory=list)
 
     def calls(self, batch_size: int = 1000) -> Iterator[list[Call]]:
@@ -115,7 +143,9 @@ class Delivery:
                 if track and self.tables.takes_track(snakecase(call.event_name(self.context.events))):
                     payloads.append(call.track(self.context))
             if payloads:
+                self.pace.before(len(payloads))
                 yield payloads
+            self.pace.took(len(batch))
 
     def reject(self, payload: Payload, error: str) -> None:
         """Records a call the destination refused for good, with its error; delivery goes on."""

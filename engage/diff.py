@@ -127,9 +127,17 @@ def _same(current: str, previous: str) -> exp.Expr:
 
 
 def changes(
-    space: str, definitions: Sequence[CompiledDefinition], previous: exp.Query, generation: int
+    space: str,
+    definitions: Sequence[CompiledDefinition],
+    previous: exp.Query,
+    generation: int | str | None,
+    current: exp.Query | None = None,
 ) -> exp.Query:
-    """The changes of a run: rows to send, with transition, message value and deterministic call ids."""
+    """The changes of a run: rows to send, with transition, message value and deterministic call ids.
+    `current` (default: this run's `CURRENT_LONG`) has its columns; against an empty `previous`, the
+    rows are those of a first sync. With no `generation`, `current` has a `generation` column, and each
+    call's ids are those of the run it names (a resend of the state keeps the ids of the calls that made
+    it); a text `generation` makes ids no run has (a deliberate resend)."""
     defs = definitions_relation(space, definitions)
     c, p = "c", "p"
     joined_on = exp.and_(
@@ -156,8 +164,9 @@ def changes(
             exp.alias_(present, "present"),
             exp.alias_(known, "known"),
             exp.alias_(differs, "differs"),
+            *([] if generation is not None else [exp.column("generation", c)]),
         )
-        .from_(exp.table_(CURRENT_LONG, alias=c))
+        .from_(exp.table_(CURRENT_LONG, alias=c) if current is None else current.subquery(c))
         .join(
             exp.select(exp.Column(this=exp.Star(), table=exp.to_identifier("s")))
             .from_(previous.subquery("s"))
@@ -227,7 +236,9 @@ def changes(
             exp.column("definition_key", r),
             exp.column("profile_id", r),
             call,
-            exp.Literal.string(str(generation)),
+            exp.Literal.string(str(generation))
+            if generation is not None
+            else exp.cast(exp.column("generation", r), "VARCHAR"),
             exp.Literal.string(kind),
         ]
         separated: list[exp.Expr] = []

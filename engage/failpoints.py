@@ -15,13 +15,13 @@ POINTS = (
     "lease_taken",  # the lease is held; nothing computed
     "computed",  # the changes are computed, in temporary tables only
     "staged",  # the changes are committed to the outbox; no call has left
-    "delivering",  # a destination outside the warehouse took its first batch of calls, not the rest
-    "delivered",  # every destination outside the warehouse has the run's calls
     "prepared",  # the tables of the in-warehouse destinations exist; the run's transaction has not begun
     "writing",  # inside the transaction: the first engage_<space> table is written, not the others
     "written",  # inside the transaction: every table written; the state has not advanced
-    "advanced",  # inside the transaction: the state advanced and the outbox emptied; not committed
-    "committed",  # committed; the lease is still held
+    "advanced",  # inside the transaction: the state advanced; not committed
+    "committed",  # committed: the state advanced; the destinations outside the warehouse have nothing yet
+    "delivering",  # a destination outside the warehouse took its first batch of calls, not the rest
+    "delivered",  # a destination outside the warehouse has the run's calls; its cursor has not moved
     "released",  # the lease is released; the process has not exited
 )
 

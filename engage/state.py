@@ -6,9 +6,10 @@
 - `_engage_runs`: the run log (`engage status` reads it). A run's generation is the number of successful
   runs before it plus one, so a run that failed and is retried gets the same generation, and with it the
   same message ids.
-- `_engage_outbox`: the changes of a run that is delivering, committed before the first call leaves, with
-  the run's id, generation and as-of. A run that dies after that is finished by the next one, from here,
-  before it computes anything: calls already sent are never lost from the state, whatever the data became.
+- `_engage_outbox`: each run's changes, with the run's id, generation and as-of, committed before the state
+  advances. A run that dies before its state advanced is finished by the next one, from here, before it
+  computes anything. A run's rows stay until every destination routed to them has taken them
+  (`delivery.py`), so a destination that was down catches up on every run it missed.
 
 Nothing here advances unless the caller's transaction commits (see `sync.py`).
 """
@@ -122,8 +123,7 @@ class StateStore:
         `graph`, as merges leave it: the rows of ids that have not merged away, and what canonicals
         inherit from those that have."""
         if not self.exists:
-            empty = [exp.alias_(exp.cast(exp.null(), t), c) for c, t in STATE_COLUMNS]
-            return exp.select(*empty).where(exp.false())
+            return self.empty()
         if graph is None:
             return exp.select("*").from_(self.table(STATE_TABLE))
         return union_all([self._kept(graph), self._inherited(graph)])
@@ -299,17 +299,26 @@ class StateStore:
             self.warehouse.execute(exp.insert(rows, self.table(OUTBOX_TABLE), columns=names))
 
     def pending(self) -> PendingRun | None:
-        """The run whose changes wait in the outbox, if one died delivering them."""
+        """The run whose changes wait in the outbox with its state not advanced, if one died there."""
+        runs = self.outbox_runs(after=self.next_generation() - 1)
+        return runs[0] if runs else None
+
+    def outbox_runs(self, after: int, through: int | None = None) -> list[PendingRun]:
+        """The runs with changes in the outbox and a generation in (`after`, `through`], oldest first."""
         if not self.warehouse.table_columns(self.schema, OUTBOX_TABLE):
-            return None
+            return []
+        generation = exp.column("generation")
+        within: exp.Expr = generation > exp.Literal.number(after)
+        if through is not None:
+            within = exp.and_(within, generation <= exp.Literal.number(through))
         rows = self.warehouse.fetchall(
             exp.select(*(c for c, _ in OUTBOX_RUN_COLUMNS))
             .from_(self.table(OUTBOX_TABLE))
+            .where(within)
             .group_by(*(c for c, _ in OUTBOX_RUN_COLUMNS))
             .order_by("generation")
-            .limit(1)
         )
-        return PendingRun(rows[0][0], int(rows[0][1]), rows[0][2]) if rows else None
+        return [PendingRun(r[0], int(r[1]), r[2]) for r in rows]
 
     def restore(self, run: PendingRun, changes: str, keys: list[str]) -> None:
         """The pending run's changes of the definitions `keys`, as the temporary table `changes`."""
@@ -331,10 +340,53 @@ class StateStore:
         )
         self.warehouse.create_temp_table(changes, query)
 
-    def unstage(self, run: PendingRun) -> None:
-        """Empties the outbox of `run`, in the transaction that advances the state."""
-        its_rows = exp.column("run_id").eq(exp.Literal.string(run.run_id))
-        self.warehouse.delete_rows(self.table(OUTBOX_TABLE), [its_rows])
+    def prune_outbox(self, through: int, retained: dict[str, int]) -> None:
+        """Deletes the outbox rows of runs up to generation `through` (whose state has advanced) that no
+        destination still needs: a definition in `retained` keeps its rows after the generation given."""
+        if not self.warehouse.table_columns(self.schema, OUTBOX_TABLE):
+            return
+        generation, key = exp.column("generation"), exp.column("definition_key")
+        still_needed = [
+            exp.and_(key.eq(exp.Literal.string(k)), generation > exp.Literal.number(g))
+            for k, g in sorted(retained.items())
+            if g < through
+        ]
+        condition: exp.Expr = generation <= exp.Literal.number(through)
+        if still_needed:
+            condition = exp.and_(condition, exp.not_(exp.paren(exp.or_(*still_needed))))
+        self.warehouse.delete_rows(self.table(OUTBOX_TABLE), [condition])
+
+    def current_values(self, definitions: exp.Query) -> exp.Query:
+        """The state as `diff.CURRENT_LONG`'s columns, for the definitions (key, fingerprint) of
+        `definitions`: what a destination that starts now must receive. Its `generation` is the run that
+        last wrote the (definition, profile): the run of the call a resend repeats."""
+        columns = ["definition_key", "trait_key", "profile_id", "user_id", "anonymous_id"]
+        last_written = exp.Window(
+            this=exp.func("MAX", exp.column("generation", "s")),
+            partition_by=[exp.column("definition_key", "s"), exp.column("profile_id", "s")],
+        )
+        return (
+            exp.select(
+                *(exp.column(c, "s") for c in columns),
+                exp.column("value_text", "s"),
+                exp.column("value_num", "s"),
+                exp.alias_(last_written, "generation"),
+            )
+            .from_(exp.table_(STATE_TABLE, db=self.schema, alias="s"))
+            .join(
+                definitions.subquery("f"),
+                on=exp.and_(
+                    exp.column("definition_key", "s").eq(exp.column("definition_key", "f")),
+                    exp.column("fingerprint", "s").eq(exp.column("fingerprint", "f")),
+                ),
+            )
+        )
+
+    def empty(self) -> exp.Query:
+        """The state's shape with no rows: the previous values of a destination that starts now."""
+        return exp.select(*(exp.alias_(exp.cast(exp.null(), t), c) for c, t in STATE_COLUMNS)).where(
+            exp.false()
+        )
 
     def record_run(self, record: RunRecord) -> None:
         values = [

@@ -1,10 +1,12 @@
 """One run of one space, the only place that knows the order of the stages:
 
-definitions → compile → run in the warehouse → diff → messages → connectors → state.
+definitions → compile → run in the warehouse → diff → outbox → state → connectors.
 
 Everything that can be wrong with the user's input is found before the first statement runs (exit 2).
-The state advances in the same transaction as the in-warehouse outputs, after every other connector
-has taken the run's calls; a failure anywhere before that commit leaves outputs and state as they were.
+A run commits its changes to the outbox, then advances the state in one transaction with the outputs of
+the in-warehouse destinations that are up to date; a failure anywhere before that commit leaves outputs
+and state as they were. Every other destination then takes the run from the outbox on its own
+(`delivery.py`): one that fails holds back neither the state nor the others, and catches up later.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -22,12 +24,13 @@ from sqlglot import exp
 
 from engage import diff
 from engage.catalog import Catalog
-from engage.compile.compiler import CompiledDefinition, CompiledSpace, compile_space
+from engage.compile.compiler import CompiledSpace, compile_space
 from engage.config import DestinationConfig, Project, Space
 from engage.connector import Connector, Delivery, load_connector
 from engage.console import Console, NoopConsole, TimedConsole
 from engage.definitions.loader import LoadedDefinition, load_definitions
 from engage.definitions.references import reference_errors
+from engage.delivery import CatchUp, Deliverer, DeliveryLog, DestinationResult, routes_to
 from engage.errors import (
     ConfigError,
     DataError,
@@ -41,8 +44,8 @@ from engage.failpoints import reached
 from engage.freshness import Inputs, observe, unchanged
 from engage.identity import ProfileResolver, identity_errors, materialize_identity, resolver_for
 from engage.lease import Holder, Lease, held
-from engage.messages import MessageContext, WarehouseRows
 from engage.retry import with_retries
+from engage.secrets import redact_json
 from engage.state import PendingRun, RunRecord, StateStore
 from engage.warehouse import Warehouse, open_warehouse
 from engage.warehouse.capabilities import capabilities_for
@@ -68,7 +71,9 @@ class RunSummary:
     generation: int
     dry_run: bool
     definitions: list[DefinitionCounts] = field(default_factory=list)
-    destinations: dict[str, int] = field(default_factory=dict)
+    destinations: dict[str, int] = field(default_factory=dict)  # calls (or rows) each destination took
+    failed: dict[str, str] = field(default_factory=dict)  # destination → why it took nothing this time
+    rejected: dict[str, int] = field(default_factory=dict)  # destination → calls it refused for good
     seconds: float = 0.0
     unchanged_since: str | None = None  # run id whose results provably still hold (nothing was computed)
     next_change: str | None = None  # ISO time the results next change with no new data (freshness.py)
@@ -90,7 +95,18 @@ class RunSummary:
         data["as_of"] = self.as_of.isoformat()
         status = "unchanged" if self.unchanged_since else "succeeded"
         data.update(entered=self.entered, exited=self.exited, changed=self.changed, status=status)
-        return data
+        clean: dict[str, Any] = redact_json(data)
+        return clean
+
+    def took(self, results: dict[str, DestinationResult]) -> None:
+        """Adds what each destination took after the run's commit."""
+        for name, result in results.items():
+            if result.calls or name not in self.destinations:
+                self.destinations[name] = self.destinations.get(name, 0) + result.calls
+            if result.rejected:
+                self.rejected[name] = self.rejected.get(name, 0) + result.rejected
+            if result.error is not None:
+                self.failed[name] = result.error
 
 
 def utc_now() -> datetime:
@@ -155,6 +171,7 @@ def prepare(project: Project, space_name: str, *, read_only: bool = False) -> It
                 space.locate("sources"),
             )
         problems.extend(identity_errors(space, warehouse, catalog))
+        problems.extend(_selective_sync_errors(space, definitions))
         destinations = list(space.config.destinations)
         problems.extend(reference_errors(definitions, catalog, destinations, complete=not problems))
         raise_all(problems)
@@ -163,6 +180,20 @@ def prepare(project: Project, space_name: str, *, read_only: bool = False) -> It
         yield PreparedSpace(space, warehouse, definitions, catalog, connectors)
     finally:
         warehouse.close()
+
+
+def _selective_sync_errors(space: Space, definitions: list[LoadedDefinition]) -> list[InputError]:
+    """A key selective sync names that no definition has (a glob may match nothing: it is a rule)."""
+    keys = {d.key for d in definitions}
+    problems: list[InputError] = []
+    for name, config in space.config.destinations.items():
+        chosen = config.selective_sync.definitions
+        for field_name, patterns in (("include", chosen.include), ("exclude", chosen.exclude)):
+            for index, pattern in enumerate(patterns):
+                if not any(c in pattern for c in "*?[") and pattern not in keys:
+                    where = ("destinations", name, "selective_sync", "definitions", field_name, index)
+                    problems.append(ConfigError(f"unknown definition '{pattern}'", space.locate(*where)))
+    return problems
 
 
 def _connector(space: Space, name: str, config: DestinationConfig) -> Connector:
@@ -208,13 +239,20 @@ def run_space(
     dry_run: bool = False,
     full_refresh: bool = False,
     console: Console | None = None,
+    resync: Sequence[str] = (),
 ) -> RunSummary:
-    """Runs one space once: computes every definition as of `as_of`, sends the changes, advances state.
+    """Runs one space once: computes every definition as of `as_of`, advances the state, and brings every
+    destination up to date (`resync`: these destinations take the current state again).
 
     Unless `full_refresh`, a run that provably cannot change anything (see `freshness.py`) stops after
     its metadata checks. A run that fails on a transient error is tried again (`retry.py`)."""
     console = console or NoopConsole()
     moment = as_of or parse_as_of(None)
+    space_config = project.space(space_name).config
+    for name in resync:
+        if name not in space_config.destinations:
+            known = ", ".join(space_config.destinations) or "none"
+            raise ConfigError(f"--resync: space {space_name} has no destination '{name}' (it has: {known})")
 
     def attempt() -> RunSummary:
         with prepare(project, space_name) as prepared:
@@ -233,7 +271,17 @@ def run_space(
                 if pending is not None:
                     Run(prepared, pending.as_of, False, console, False, pending).resume()
                 summary = Run(prepared, moment, dry_run, console, full_refresh, run_id=run_id).execute()
+                with console.stage("deliver"):
+                    compiled = prepared.compile(moment)
+                    catch_up = CatchUp(space, prepared.warehouse, compiled, prepared.connectors, console)
+                    computed = None if summary.unchanged_since else summary.run_id
+                    summary.took(catch_up.run(resync, computed))
             reached("released")
+            if summary.failed:
+                log.warning(
+                    "space %s: %s took nothing this time and will catch up on a later run",
+                    space.name, ", ".join(f"{d} ({e})" for d, e in summary.failed.items()),
+                )  # fmt: skip
             return summary
 
     return with_retries(attempt, project.space(space_name).config.retry, f"space {space_name}")
@@ -265,12 +313,6 @@ def _require_identity_tables(prepared: PreparedSpace) -> None:
             f" --space {prepared.space.name}` (or a sync) first",
             prepared.space.locate("identity"),
         )
-
-
-def _routes_to(definition: CompiledDefinition, destination: str) -> bool:
-    """A definition goes to every destination of its space unless it lists its own."""
-    chosen = definition.loaded.definition.destinations
-    return chosen is None or destination in chosen
 
 
 def materialize_current(warehouse: Warehouse, compiled: CompiledSpace, console: Console) -> None:
@@ -443,59 +485,59 @@ class Run:
             counts[key].size = number
         return list(counts.values())
 
-    def _deliveries(self, compiled: CompiledSpace) -> list[tuple[Connector, Delivery]]:
+    def _in_step(self, compiled: CompiledSpace, log: DeliveryLog) -> list[tuple[Connector, Delivery]]:
+        """The in-warehouse destinations' share of this run: the definitions each has taken every run of
+        so far. The others (new to it, or behind) take the state or their missed runs after the commit."""
+        deliverer = Deliverer(self.space, self.warehouse, self.console)
+        cursors = log.cursors()
         deliveries = []
         for connector in self.prepared.connectors:
-            config = connector.config
-            routed = [d for d in compiled.definitions if _routes_to(d, connector.destination)]
-            context = MessageContext(self.space.name, self.as_of, utc_now(), config.events)
-            rows = WarehouseRows(diff.CHANGES, routed, context, utc_now())
-            deliveries.append(
-                (
-                    connector,
-                    Delivery(
-                        destination=connector.destination,
-                        schema=config.schema_ or self.space.output_schema,
-                        send=frozenset(config.send),
-                        definitions=routed,
-                        context=context,
-                        warehouse=self.warehouse,
-                        changes=diff.CHANGES,
-                        rows=rows,
-                    ),
+            if not connector.in_warehouse(self.warehouse):
+                continue
+            taken = cursors.get(connector.destination, {})
+            current = [
+                d
+                for d in compiled.definitions
+                if routes_to(d, connector) and taken.get(d.key) == self.generation - 1
+            ]
+            if current:
+                deliveries.append(
+                    (connector, deliverer.delivery(connector, current, self.as_of, diff.CHANGES))
                 )
-            )
         return deliveries
 
     def _deliver_and_advance(
         self, compiled: CompiledSpace, summary: RunSummary, staged: bool = False
     ) -> dict[str, int]:
-        """Stages the changes in the outbox (unless `staged`: a resumed run's are), sends them to the
-        destinations outside the warehouse, then writes the in-warehouse ones, advances the state and
-        empties the outbox in one transaction."""
+        """Stages the changes in the outbox (unless `staged`: a resumed run's are), then writes the
+        up-to-date in-warehouse destinations and advances the state in one transaction."""
         run = PendingRun(self.run_id, self.generation, self.as_of)
-        deliveries = self._deliveries(compiled)
         written: dict[str, int] = {}
-        outside = [(c, d) for c, d in deliveries if not c.in_warehouse(self.warehouse)]
-        inside = [(c, d) for c, d in deliveries if c.in_warehouse(self.warehouse)]
         self.state.ensure()
+        log = DeliveryLog(self.warehouse, self.space.output_schema)
+        routed = {
+            c.destination: [d.key for d in compiled.definitions if routes_to(d, c)]
+            for c in self.prepared.connectors
+        }
+        log.ensure(self.state, routed)
+        in_step = self._in_step(compiled, log)
         if not staged:
             self.state.stage(diff.CHANGES, run)
         reached("staged")
-        for connector, delivery in outside:
-            with self.console.stage(f"deliver to {connector.destination}"):
-                written[connector.destination] = self._deliver(connector, delivery)
-        reached("delivered")
         with self.console.stage("write outputs and advance state"):
-            for connector, delivery in inside:
+            for connector, delivery in in_step:
                 connector.prepare(delivery)
             reached("prepared")
             graph = self.prepared.resolver.graph
             if graph is not None:
                 self.state.prepare_merges(graph)
+            deliverer = Deliverer(self.space, self.warehouse, self.console)
             with self.warehouse.transaction():
-                for connector, delivery in inside:
-                    written[connector.destination] = self._deliver(connector, delivery)
+                for connector, delivery in in_step:
+                    written[connector.destination] = deliverer.send(
+                        connector, delivery, connector.destination
+                    )
+                    log.advance(connector.destination, [d.key for d in delivery.definitions], self.generation)
                 reached("written")
                 self.state.advance(
                     diff.CHANGES,
@@ -504,19 +546,10 @@ class Run:
                     utc_now(),
                     graph,
                 )
-                self.state.unstage(run)
                 self.state.record_run(self._record("succeeded", summary, None))
                 reached("advanced")
             reached("committed")
         return written
-
-    def _deliver(self, connector: Connector, delivery: Delivery) -> int:
-        try:
-            return connector.deliver(delivery)
-        except EngageError:
-            raise
-        except Exception as err:  # a connector's own failure must not escape as a traceback
-            raise RunError(f"destination {connector.destination}: {type(err).__name__}: {err}") from err
 
     def _record(self, status: str, summary: RunSummary | None, error: str | None) -> RunRecord:
         return RunRecord(

@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 
+from engage.connector import Delivery
 from engage.errors import RunError
 from engage.state import StateStore
+from engage_connectors.memory import MemoryConnector
 from tests.conftest import Workspace
 
 BUYERS = """
@@ -278,7 +280,7 @@ def test_dry_run_reports_counts_and_writes_nothing(workspace: Workspace) -> None
     assert workspace.sync("2024-03-02T00:00:00").entered == 1
 
 
-def test_message_ids_are_deterministic_so_a_failed_run_replays_the_same_calls(
+def test_a_run_that_fails_before_its_state_advanced_sends_nothing_and_the_next_one_finishes_it(
     workspace: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     workspace.define(BUYERS)
@@ -291,13 +293,12 @@ def test_message_ids_are_deterministic_so_a_failed_run_replays_the_same_calls(
     monkeypatch.setattr(StateStore, "advance", fail)
     with pytest.raises(RunError):
         workspace.sync("2024-03-02T00:00:00")
-    first_attempt = [m["messageId"] for m in workspace.sent()]
-    # The in-warehouse rows rolled back with the state (the tables' DDL runs before the transaction, so
-    # they exist, empty); the changes wait in the outbox; the failure is in the run log.
+    assert workspace.sent() == [], "no call leaves before the state has advanced"
+    # The in-warehouse rows rolled back with the state; the changes wait in the outbox; the failure is in
+    # the run log.
     tables = workspace.query(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'engage_default'"
     )
-    assert ("identifies",) in tables
     for (table,) in tables:
         if table not in ("_engage_runs", "_engage_lease", "_engage_outbox"):
             assert workspace.query(f"SELECT count(*) FROM engage_default.{table}") == [(0,)], table
@@ -308,9 +309,36 @@ def test_message_ids_are_deterministic_so_a_failed_run_replays_the_same_calls(
     assert workspace.query("SELECT status FROM engage_default._engage_runs") == [("failed",)]
     monkeypatch.setattr(StateStore, "advance", original)
     workspace.sync("2024-03-02T00:00:00")
-    replay = [m["messageId"] for m in workspace.sent()][len(first_attempt) :]
-    assert replay == first_attempt
+    assert [m["type"] for m in workspace.sent()] == ["identify", "track"]
     assert workspace.query("SELECT count(*) FROM engage_default.identifies")[0][0] == 1
+    assert workspace.query("SELECT count(*) FROM engage_default._engage_outbox") == [(0,)]
+
+
+def test_message_ids_are_deterministic_so_a_destination_that_failed_midway_replays_the_same_calls(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workspace.define(BUYERS)
+    for user in ("u1", "u2", "u3"):
+        workspace.track("Order Completed", "2024-03-01T00:00:00", user_id=user, revenue=2.0)
+    original = MemoryConnector.deliver
+
+    def fail_midway(self: MemoryConnector, delivery: Delivery) -> int:
+        for batch in delivery.payloads(1):  # one change per batch: takes the first, then fails
+            MemoryConnector.sent.setdefault(self.destination, []).extend(batch)
+            raise ConnectionError("simulated outage")
+        return 0
+
+    monkeypatch.setattr(MemoryConnector, "deliver", fail_midway)
+    summary = workspace.sync("2024-03-02T00:00:00")
+    assert summary.failed == {"mem": "destination mem: ConnectionError: simulated outage"}
+    assert summary.entered == 3, "the state advanced"
+    first_attempt = [m["messageId"] for m in workspace.sent()]
+    assert len(first_attempt) == 2
+    monkeypatch.setattr(MemoryConnector, "deliver", original)
+    workspace.sync("2024-03-02T00:00:00")  # nothing new: the destination catches up on the run it missed
+    replay = [m["messageId"] for m in workspace.sent()][len(first_attempt) :]
+    assert len(replay) == 6 and replay[:2] == first_attempt
+    assert workspace.query("SELECT count(*) FROM engage_default.identifies")[0][0] == 3
     assert workspace.query("SELECT count(*) FROM engage_default._engage_outbox") == [(0,)]
 
 
@@ -395,7 +423,7 @@ def test_cli_sync_json_and_status(workspace: Workspace) -> None:
     assert summary["entered"] == 1 and summary["status"] == "succeeded"
     assert summary["definitions"][0]["key"] == "buyers"
     status = workspace.cli("status", "--space", "default", "--json")
-    runs = json.loads(status.output)
+    runs = json.loads(status.output)["runs"]
     assert [(r["status"], r["entered"], r["generation"]) for r in runs] == [("succeeded", 1, 1)]
     assert runs[0]["summary"]["buyers"]["entered"] == 1
 
@@ -537,10 +565,10 @@ def test_the_run_log_records_each_stage_s_duration(workspace: Workspace) -> None
     workspace.track("Order Completed", "2024-03-01T00:00:00", user_id="u1", revenue=2.0)
     workspace.sync("2024-03-02T00:00:00")
     result = workspace.cli("status", "--space", "default", "--json")
-    (run,) = json.loads(result.output)
+    (run,) = json.loads(result.output)["runs"]
     stages = run["stages"]
     expected = {"compile", "check for new data", "compute audiences and traits", "diff against state"}
-    assert expected | {"deliver to mem"} <= set(stages), stages
+    assert expected <= set(stages), stages
     assert all(isinstance(s, float) and s >= 0 for s in stages.values()), stages
     text = workspace.cli("status", "--space", "default").output
     assert "stages of the latest run: compile " in text.replace("\n", " "), text

@@ -206,8 +206,8 @@ def _read_outputs(project_root: Path, schema: str | None = None) -> dict[str, li
             sql_traits = {d.key for d in loaded if d.kind == "sql_trait"}
         tables: dict[str, list[dict[str, Any]]] = {}
         for (_, name), table in sorted(catalog.tables.items()):
-            if name in ("_engage_runs", "_engage_lease"):  # run ids, times and holders differ by nature
-                continue
+            if name in ("_engage_runs", "_engage_lease", "_engage_deliveries"):
+                continue  # run ids, times, holders and delivery attempts differ by nature
             columns = sorted(c for c in table.columns if c not in LOAD_TIME_COLUMNS | {"updated_at"})
             query = exp.select(*columns).from_(exp.table_(name, db=schema))
             rows = [
@@ -221,7 +221,7 @@ def _read_outputs(project_root: Path, schema: str | None = None) -> dict[str, li
                 if row.get("value_num") is not None:  # a number's text is the engine's spelling of it
                     row["value_text"] = normal(float(row["value_text"]))
                 if row.get("definition_key") in sql_traits:  # hashes SQL written in the engine's dialect
-                    row.pop("fingerprint")
+                    row.pop("fingerprint", None)
             tables[name] = sorted(rows, key=lambda r: tuple(str(r.get(k)) for k in key))
         return tables
     finally:
