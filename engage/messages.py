@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime
 from typing import Any
 
@@ -59,9 +60,18 @@ class MessageContext:
     sent_at: datetime
     events: EventNames
 
-    @property
+    # Cached: every call of a run carries them, and a delivery may build a million calls.
+    @cached_property
     def namespace(self) -> str:
         return f"spa_{snakecase(self.space)}"
+
+    @cached_property
+    def as_of_iso(self) -> str:
+        return iso(self.as_of)
+
+    @cached_property
+    def sent_at_iso(self) -> str:
+        return iso(self.sent_at)
 
 
 def iso(moment: datetime) -> str:
@@ -106,8 +116,8 @@ class Call:
             message["userId"] = self.user_id
         if self.anonymous_id is not None:
             message["anonymousId"] = self.anonymous_id
-        message["timestamp"] = iso(context.as_of)
-        message["sentAt"] = iso(context.sent_at)
+        message["timestamp"] = context.as_of_iso
+        message["sentAt"] = context.sent_at_iso
         message["context"] = {
             "library": {"name": "engage", "version": __version__},
             "personas": {

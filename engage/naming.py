@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 
@@ -13,6 +14,7 @@ _LOWER_OR_DIGIT = _LOWER | frozenset(string.digits)
 _WORD = re.compile(r"(?=[A-Za-z0-9])[A-Z0-9]*[a-z0-9]*")
 
 
+@functools.lru_cache(maxsize=4096)
 def snakecase(name: str) -> str:
     """Convert ``name`` to snake_case, byte-exact with segmentio/go-snakecase's ``Snakecase``.
 
