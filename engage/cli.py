@@ -464,11 +464,14 @@ def _profiles_sync_schemas(project: Project, path: Path) -> list[str]:
 @main.command()
 @click.option(
     "--case",
-    type=click.Choice(["sync", "identity"]),
+    type=click.Choice(["sync", "identity", "delivery"]),
     default="sync",
     show_default=True,
     help="sync: syncs against a hand-written query; identity: Profiles Sync materialization and a sync"
-    " per canonical profile.",
+    " per canonical profile; delivery: --changes changes to the segment destination on loopback.",
+)
+@click.option(
+    "--changes", default=1_000_000, show_default=True, help="delivery: changes in the run (two calls each)."
 )
 @click.option(
     "--profiles",
@@ -491,6 +494,7 @@ def _profiles_sync_schemas(project: Project, path: Path) -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON on stdout.")
 def bench(
     case: str,
+    changes: int,
     profiles: int,
     events: int,
     workdir: Path | None,
@@ -503,6 +507,16 @@ def bench(
     from engage.bench import print_report, run_bench
     from engage.bench_identity import print_identity_report, run_identity_bench
 
+    if case == "delivery":
+        from engage.bench_delivery import print_report as print_delivery_report
+        from engage.bench_delivery import run_delivery_bench
+
+        delivery_report = run_delivery_bench(changes, workdir, keep=keep, memory_limit=memory_limit)
+        if as_json:
+            click.echo(json.dumps(delivery_report.to_json(), indent=2))
+        else:
+            print_delivery_report(delivery_report)
+        return
     if case == "identity":
         try:
             identity_report = run_identity_bench(
