@@ -91,7 +91,9 @@ def _outputs(root: Path) -> dict[str, Any]:
                 continue
             columns = sorted(c for c in table.columns if c not in IGNORED)
             rows = warehouse.fetchall(exp.select(*columns).from_(exp.table_(name, db=space.output_schema)))
-            if name == "_engage_cursors":  # a resumed run adds a generation: what matters is being at the head
+            if (
+                name == "_engage_cursors"
+            ):  # a resumed run adds a generation: what matters is being at the head
                 head = _latest_generation(warehouse, space.output_schema)
                 at = columns.index("generation")
                 rows = [(*r[:at], "head" if r[at] == head else r[at], *r[at + 1 :]) for r in rows]
