@@ -11,7 +11,6 @@ import base64
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,9 @@ import pytest
 
 from engage.bench_delivery import run_delivery_bench
 from engage.config import DestinationConfig, EventNames, Space, load_project
-from engage.connector import Delivery, Payload
+from engage.connector import Payload
 from engage.errors import ConfigError
-from engage.messages import Call, MessageContext, WarehouseRows
+from engage.messages import Call, MessageContext
 from engage.warehouse.duckdb import DuckDBWarehouse
 from engage_connectors.segment import (
     MAX_BATCH_BYTES,
@@ -33,6 +32,7 @@ from engage_connectors.segment import (
 )
 from tests.collector import Collector, Fault
 from tests.conftest import Workspace
+from tests.given import GivenDelivery, given_delivery
 
 WRITE_KEY = "wk_live_3f9a7c1e5b2d4068"
 FAST = {"backoff_base": 0.005, "backoff_cap": 0.02, "timeout": 5}
@@ -99,18 +99,6 @@ def connector(space: Space, endpoint: str, **options: Any) -> SegmentConnector:
     return SegmentConnector("segment", DestinationConfig.model_validate(settings), space)
 
 
-@dataclass(frozen=True)
-class GivenDelivery(Delivery):
-    """A delivery whose payloads a test gives instead of reading them from a changes table; `reject()`
-    and everything else are engage's own."""
-
-    given: tuple[Payload, ...] = ()
-
-    def payloads(self, batch_size: int = 1000) -> Iterator[list[Payload]]:
-        for start in range(0, len(self.given), batch_size):
-            yield list(self.given[start : start + batch_size])
-
-
 @pytest.fixture(scope="module")
 def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DuckDBWarehouse]:
     """The warehouse a `GivenDelivery` names; nothing reads it."""
@@ -120,17 +108,7 @@ def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DuckDBWareho
 
 
 def delivery(warehouse: DuckDBWarehouse, payloads: list[Payload]) -> GivenDelivery:
-    return GivenDelivery(
-        destination="segment",
-        schema="engage_default",
-        send=frozenset({"identify", "track"}),
-        definitions=[],
-        context=CONTEXT,
-        warehouse=warehouse,
-        changes="__engage_changes",
-        rows=WarehouseRows("__engage_changes", [], CONTEXT, CONTEXT.sent_at),
-        given=tuple(payloads),
-    )
+    return given_delivery(warehouse, "segment", CONTEXT, payloads)
 
 
 def identify(number: int, note: str = "") -> Payload:

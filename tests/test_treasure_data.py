@@ -12,7 +12,6 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,13 @@ from typing import Any
 import pytest
 
 from engage.config import EventNames, load_project
-from engage.connector import Delivery, Payload
+from engage.connector import Payload
 from engage.errors import ConfigError
-from engage.messages import Call, MessageContext, WarehouseRows
+from engage.messages import Call, MessageContext
 from engage.warehouse.duckdb import DuckDBWarehouse
 from engage_connectors.treasure_data import TreasureDataConnector, TreasureDataError, to_row
 from tests.conftest import Workspace
+from tests.given import GivenDelivery, given_delivery
 from tests.td_standin import Fault, StandIn
 
 APIKEY = "1234/td-secret-0f9e8d7c6b5a"
@@ -366,18 +366,6 @@ def test_the_key_never_shows_in_logs_or_repr(
 # -- rows, refusals and options -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class GivenDelivery(Delivery):
-    """A delivery whose payloads a test gives instead of reading them from a changes table; `reject()`
-    and everything else are engage's own."""
-
-    given: tuple[Payload, ...] = ()
-
-    def payloads(self, batch_size: int = 1000) -> Iterator[list[Payload]]:
-        for start in range(0, len(self.given), batch_size):
-            yield list(self.given[start : start + batch_size])
-
-
 @pytest.fixture
 def warehouse(tmp_path: Path) -> Iterator[DuckDBWarehouse]:
     opened = DuckDBWarehouse(tmp_path / "unit.duckdb")
@@ -386,17 +374,7 @@ def warehouse(tmp_path: Path) -> Iterator[DuckDBWarehouse]:
 
 
 def delivery(warehouse: DuckDBWarehouse, payloads: list[Payload]) -> GivenDelivery:
-    return GivenDelivery(
-        destination="td",
-        schema="engage_default",
-        send=frozenset({"identify", "track"}),
-        definitions=[],
-        context=CONTEXT,
-        warehouse=warehouse,
-        changes="__engage_changes",
-        rows=WarehouseRows("__engage_changes", [], CONTEXT, CONTEXT.sent_at),
-        given=tuple(payloads),
-    )
+    return given_delivery(warehouse, "td", CONTEXT, payloads)
 
 
 def profile_call(number: int, traits: dict[str, Any]) -> Call:
