@@ -14,21 +14,8 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 
 from engage.connector import Connector, Delivery, Pace
 from tests.conftest import Workspace
+from tests.test_sync import BUYERS, REVENUE
 
-BUYERS = """
-    kind: audience
-    name: Buyers
-    condition:
-      performed: Order Completed
-      within: 30d
-"""
-REVENUE = """
-    kind: trait
-    name: Revenue
-    type: sum
-    event: Order Completed
-    property: revenue
-"""
 SECRET = "sk_live_do_not_print_4f9a"
 
 
