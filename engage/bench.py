@@ -247,30 +247,44 @@ def _peak_rss_mib(max_rss: int) -> float:
     return round(max_rss / (1024 * 1024) if sys.platform == "darwin" else max_rss / 1024, 1)
 
 
-def run_phase(name: str, params: dict[str, Any], scratch: Path) -> Phase:
-    """Runs one phase in a fresh `python -m engage.bench` process and measures its peak RSS."""
+def run_child(
+    module: str,
+    name: str,
+    params: dict[str, Any],
+    scratch: Path,
+    required: str,
+    environment: dict[str, str] | None = None,
+) -> tuple[dict[str, Any], float, float]:
+    """Runs `python -m <module> <name> <params> <result>` in a fresh process: its result (which must hold
+    `required`), its peak RSS in MiB, and its wall seconds."""
     params_path, result_path = scratch / f"{name}.params.json", scratch / f"{name}.result.json"
     params_path.write_text(json.dumps({**params, "log_level": logging.getLogger().getEffectiveLevel()}))
     result_path.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "engage.bench", name, str(params_path), str(result_path)]
+    command = [sys.executable, "-m", module, name, str(params_path), str(result_path)]
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=environment)
     try:
         _, status, usage = os.wait4(process.pid, 0)
-    except BaseException:  # interrupted: do not leave the phase running
+    except BaseException:  # interrupted: do not leave the child running
         process.kill()
         process.wait()
         raise
     process.returncode = os.waitstatus_to_exitcode(status)
     elapsed = time.perf_counter() - started
     result: dict[str, Any] = json.loads(result_path.read_text()) if result_path.exists() else {}
-    if process.returncode != 0 or "seconds" not in result:
+    if process.returncode != 0 or required not in result:
         reason = result.get("error") or f"exit code {process.returncode}"
-        raise RuntimeError(f"bench phase {name!r} failed: {reason}")
+        raise RuntimeError(f"bench {name!r} failed: {reason}")
+    return result, _peak_rss_mib(usage.ru_maxrss), elapsed
+
+
+def run_phase(name: str, params: dict[str, Any], scratch: Path) -> Phase:
+    """Runs one phase in a fresh `python -m engage.bench` process and measures its peak RSS."""
+    result, peak, elapsed = run_child("engage.bench", name, params, scratch, "seconds")
     return Phase(
         name=name,
         seconds=round(float(result["seconds"]), 3),
-        peak_rss_mib=_peak_rss_mib(usage.ru_maxrss),
+        peak_rss_mib=peak,
         process_seconds=round(elapsed, 3),
         detail=result.get("detail", {}),
     )

@@ -38,8 +38,8 @@ from engage.bench import (
     DEFAULT_MEMORY_LIMIT,
     RSS_TARGET_MIB,
     _connect,
-    _peak_rss_mib,
     _workdir,
+    run_child,
     write_throwaway_project,
 )
 
@@ -222,24 +222,9 @@ def _deliver_in_child(root: Path, params: dict[str, Any]) -> tuple[dict[str, Any
     peak RSS (MiB)."""
     scratch = root / ".engage" / "bench-phases"
     scratch.mkdir(parents=True, exist_ok=True)
-    params_path, result_path = scratch / "delivery.params.json", scratch / "delivery.result.json"
-    params_path.write_text(json.dumps({**params, "log_level": logging.getLogger().getEffectiveLevel()}))
-    result_path.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "engage.bench_delivery", "deliver", str(params_path), str(result_path)]
     environment = {**os.environ, WRITE_KEY_VARIABLE: WRITE_KEY}
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=environment)
-    try:
-        _, status, usage = os.wait4(process.pid, 0)
-    except BaseException:  # interrupted: do not leave the child running
-        process.kill()
-        process.wait()
-        raise
-    process.returncode = os.waitstatus_to_exitcode(status)
-    result: dict[str, Any] = json.loads(result_path.read_text()) if result_path.exists() else {}
-    if process.returncode != 0 or "calls" not in result:
-        reason = result.get("error") or f"exit code {process.returncode}"
-        raise RuntimeError(f"delivery bench failed: {reason}")
-    return result, _peak_rss_mib(usage.ru_maxrss)
+    result, peak, _ = run_child("engage.bench_delivery", "deliver", params, scratch, "calls", environment)
+    return result, peak
 
 
 class CountingServer:
