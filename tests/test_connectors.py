@@ -24,7 +24,7 @@ def test_each_module_defines_one_connector_named_after_it() -> None:
         assert [c.name for c in defined] == [module_info.name], module_info.name
 
 
-@pytest.mark.parametrize("name", ["duckdb", "jsonl", "memory", "segment", "treasure_data"])
+@pytest.mark.parametrize("name", ["duckdb", "jsonl", "memory", "segment", "treasure_data", "storage_action"])
 def test_shipped_connectors_load_by_name(name: str) -> None:
     assert load_connector(name).name == name
 
@@ -33,7 +33,7 @@ def test_shipped_connectors_are_registered_as_entry_points() -> None:
     from importlib.metadata import entry_points
 
     names = {e.name for e in entry_points(group="engage.connectors")}
-    assert {"duckdb", "jsonl", "memory", "segment", "treasure_data"} <= names
+    assert {"duckdb", "jsonl", "memory", "segment", "treasure_data", "storage_action"} <= names
 
 
 def test_an_unknown_connector_suggests_the_closest_name() -> None:
