@@ -20,7 +20,9 @@ into d), about 5% of merge rows land 1-12 hours after their `timestamp`, 0.5% of
 Profiles Sync tables land twice (same row, a later `uuid_ts`), 1% of the creation rows are backfills with
 null `seq` and `timestamp`, and a user_id is observed again on each device the person logs in on. `seq`
 grows with `timestamp` across the three tables. A merge only ever points at the next id of the person's chain
-(in an append, at a new one), so chains never loop. Nothing lands after `end`.
+(in an append, at a new one), so chains never loop. Nothing lands after `end`. The Profiles Sync tables hold
+their rows in `uuid_ts` order, as Segment's loads append them: a reader of the rows landed since some moment
+then skips the older blocks by their statistics, as it can in a real warehouse.
 
 How it stays fast: everything is set-based SQL and no Python loop touches a row, as in `engage.demo` (whose
 hashing helpers this module shares: every pseudo-random draw hashes a unique row key with a salt, so the same
@@ -631,6 +633,8 @@ def _write(con: duckdb.DuckDBPyConnection, schema: str, batch: _Batch, seq0: int
     for table, (query, columns) in queries.items():
         if create:
             _create_table(con, f"{schema}.{table}", columns, _TYPES, _UNCOMPRESSED)
+        if table in _UPDATE_TABLES:  # stored in landing order, as loads append them (module doc)
+            query = f"SELECT * FROM ({query}) ORDER BY uuid_ts"
         written += _insert(con, f"INSERT INTO {schema}.{table} ({', '.join(columns)}) {query}")
     tracks = [c for c in queries["signed_up"][1] if c != "method"]  # the tracks columns
     if create:
