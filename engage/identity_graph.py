@@ -12,7 +12,8 @@ The first run, and `full_refresh`, rebuild the tables from every landed row. Lat
 landed since the last one and rewrite only the rows those affect (`identity_increment.py`), ending in the
 same tables. engage keeps what that needs next to the tables, in `output_schema`:
 - `_engage_identity`: per updates table, the newest `uuid_ts` materialized (the watermark);
-- `_engage_id_latest`: each segment_id's latest `id_graph_updates` row;
+- `_engage_id_latest`: each segment_id's latest `id_graph_updates` row, with its canonical (its id_graph
+  row, which an incremental run then never needs to read);
 - `_engage_external_latest`: each `external_id_hash`'s latest observation.
 A run computes every new row into scratch tables first, then writes them all in one transaction, the
 watermark last.
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlglot import exp
 
@@ -64,6 +65,8 @@ LATEST_COLUMNS = [
     ("uuid_ts", "TIMESTAMP"),
     ("id", "VARCHAR"),
 ]
+# `_engage_id_latest`: an id's latest row and its canonical, as `Scratch.GRAPH` holds them.
+KEPT_ID_COLUMNS = [*LATEST_COLUMNS, ("canonical_segment_id", "VARCHAR")]
 OBSERVATION_COLUMNS = [
     ("external_id_hash", "VARCHAR"),
     ("segment_id", "VARCHAR"),
@@ -131,9 +134,10 @@ class Replacement:
 
 @dataclass(frozen=True)
 class Canonicals:
-    """Where a query finds any segment_id's canonical: in `graph` (an id it lacks is its own), unless the
-    id is in `moved` (an incremental run's ids whose id_graph row changes), which gives its new canonical.
-    `join` adds the joins (aliased g and m) that `of` reads."""
+    """Where a query finds any segment_id's canonical: in `graph` (id_graph, or an incremental run's slice
+    of `_engage_id_latest` holding every id it looks up that has a row; an id it lacks is its own), unless
+    the id is in `moved` (an incremental run's ids whose id_graph row changes), which gives its new
+    canonical. `join` adds the joins (aliased g and m) that `of` reads."""
 
     graph: exp.Table
     moved: str | None = None
@@ -171,8 +175,12 @@ def newest(rows: exp.Query, key: str, order: Sequence[str]) -> exp.Select:
         partition_by=[exp.column(key)],
         order=exp.Order(expressions=ordered([exp.column(c) for c in order], newest=True)),
     )
-    ranked = exp.select(*columns, exp.alias_(rank, "rank")).from_(rows.subquery("candidates"))
-    return exp.select(*columns).from_(ranked.subquery("ranked")).where(exp.column("rank").eq(1))
+    ranked = exp.select(*map(exp.column, columns), exp.alias_(rank, "rank")).from_(
+        rows.subquery("candidates")
+    )
+    return (
+        exp.select(*map(exp.column, columns)).from_(ranked.subquery("ranked")).where(exp.column("rank").eq(1))
+    )
 
 
 def id_rows(source_schema: str) -> exp.Select:
@@ -207,8 +215,9 @@ def _jump(walk: str) -> exp.Query:
 
 def follow_merges(warehouse: Warehouse, source_schema: str, start: exp.Query) -> int:
     """Follows the merge chains of the ids of `Scratch.LATEST` (their latest rows) from `start`
-    (segment_id, target) to their ends, and writes their id_graph rows to `Scratch.GRAPH`; returns the
-    passes it took. Raises DataError, before anything is written, when merges form a loop."""
+    (segment_id, target) to their ends, and writes their latest rows with their canonical (their id_graph
+    rows, and their `_engage_id_latest` rows) to `Scratch.GRAPH`; returns the passes it took. Raises
+    DataError, before anything is written, when merges form a loop."""
     walk, other = _WALK, _NEXT  # each pass writes the other table from this one: no copy per pass
     warehouse.create_temp_table(walk, start)
     passes = 0
@@ -247,9 +256,8 @@ def follow_merges(warehouse: Warehouse, source_schema: str, start: exp.Query) ->
         raise DataError(f"{source_schema}.{UPDATES}: merges form a loop; its ids include {ids}")
     graph = (
         exp.select(
-            exp.column("segment_id", "l"),
+            *(exp.column(c, "l") for c in columns_of(LATEST_COLUMNS)),
             exp.alias_(exp.column("target", "w"), "canonical_segment_id"),
-            *(exp.column(c, "l") for c in ("timestamp", "seq", "uuid_ts")),
         )
         .from_(exp.table_(Scratch.LATEST, alias="l"))
         .join(exp.table_(walk, alias="w"), on=exp.column("segment_id", "w").eq(exp.column("segment_id", "l")))
@@ -334,7 +342,11 @@ def build_external_ids(warehouse: Warehouse, source_schema: str, output_schema: 
 
 def trait_columns(warehouse: Warehouse, source_schema: str) -> list[tuple[str, exp.DataType]]:
     """The trait columns of `profile_traits_updates`, with their types."""
-    columns = warehouse.table_columns(source_schema, TRAIT_UPDATES)
+    return _traits_of(warehouse.table_columns(source_schema, TRAIT_UPDATES))
+
+
+def _traits_of(columns: dict[str, str]) -> list[tuple[str, exp.DataType]]:
+    """The trait columns among the columns (name → portable type) of `profile_traits_updates`."""
     return [(c, sql_type(t)) for c, t in columns.items() if c not in TRAIT_METADATA]
 
 
@@ -489,24 +501,22 @@ def materialize(
     make them (a new trait column rebuilds), else, or with `full_refresh`, from every landed row. The
     longest merge chain is counted only with `depth` (one pass per link over every merged id: a sync that
     only logs it does without)."""
-    missing = [t for t in SOURCES if not warehouse.table_columns(source_schema, t)]
+    landed = {t: warehouse.table_columns(source_schema, t) for t in SOURCES}
+    missing = [t for t, columns in landed.items() if not columns]
     if missing:
         raise DataError(f"Profiles Sync tables missing from {source_schema}: {', '.join(missing)}")
-    traits = trait_columns(warehouse, source_schema)
+    traits = _traits_of(landed[TRAIT_UPDATES])
     tables = _tables(warehouse, traits)
-    full = full_refresh or not _can_continue(warehouse, source_schema, output_schema, tables)
-    if full:
+    watermarks = None if full_refresh else _watermarks(warehouse, source_schema, output_schema, tables)
+    if watermarks is None:
         replacements = _stage_full(warehouse, source_schema, traits)
         _prepare(warehouse, output_schema, tables)
     else:
         from engage.identity_increment import stage_increment
 
-        replacements = stage_increment(warehouse, source_schema, output_schema, traits)
-    new_rows = int(
-        warehouse.fetchall(exp.select(exp.func("SUM", exp.column("read"))).from_(Scratch.MARKS))[0][0] or 0
-    )
+        replacements = stage_increment(warehouse, source_schema, output_schema, traits, watermarks)
     _write(warehouse, output_schema, replacements)
-    return _counts(warehouse, output_schema, full, new_rows, depth)
+    return _counts(warehouse, output_schema, watermarks is None, depth)
 
 
 def _tables(
@@ -520,26 +530,26 @@ def _tables(
         ID_GRAPH: typed(ID_GRAPH_COLUMNS, caps),
         EXTERNAL_IDS: typed(EXTERNAL_COLUMNS, caps),
         PROFILE_TRAITS: profile_traits_columns(traits),
-        LATEST_IDS: typed(LATEST_COLUMNS, caps),
+        LATEST_IDS: typed(KEPT_ID_COLUMNS, caps),
         OBSERVATIONS: typed(OBSERVATION_COLUMNS, caps),
     }
 
 
-def _can_continue(
+def _watermarks(
     warehouse: Warehouse,
     source_schema: str,
     output_schema: str,
     tables: dict[str, list[tuple[str, exp.DataType]]],
-) -> bool:
-    """Whether an earlier run left every table as this one would make it, and a watermark for every updates
-    table of `source_schema`."""
+) -> dict[str, datetime | None] | None:
+    """The watermark of each updates table of `source_schema` (None: it was empty), when an earlier run
+    left every table as this one would make it and a watermark for each of them; else None."""
     catalog = warehouse.describe([output_schema])
     for name, columns in tables.items():
         found = catalog.tables.get((output_schema, name))
         if found is None or list(found.columns) != [c for c, _ in columns]:
-            return False
-    marks = warehouse.fetchall(
-        exp.select(exp.Count(this=exp.Distinct(expressions=[exp.column("source_table")])))
+            return None
+    rows = warehouse.fetchall(
+        exp.select("source_table", exp.func("MAX", exp.column("uuid_ts")))
         .from_(exp.table_(WATERMARKS, db=output_schema))
         .where(
             exp.and_(
@@ -547,8 +557,10 @@ def _can_continue(
                 exp.column("source_table").isin(*(exp.Literal.string(t) for t in SOURCES)),
             )
         )
+        .group_by("source_table")
     )
-    return int(marks[0][0]) == len(SOURCES)
+    found_marks: dict[str, datetime | None] = {str(table): since for table, since in rows}
+    return found_marks if len(found_marks) == len(SOURCES) else None
 
 
 def marks(source_schema: str, table: str, rows: exp.Query) -> exp.Select:
@@ -582,7 +594,7 @@ def _stage_full(
     warehouse.create_temp_table(Scratch.TRAITS, _all_trait_rows(warehouse, source_schema, traits, graph))
     return [
         Replacement(ID_GRAPH, columns_of(ID_GRAPH_COLUMNS), Scratch.GRAPH),
-        Replacement(LATEST_IDS, columns_of(LATEST_COLUMNS), Scratch.LATEST),
+        Replacement(LATEST_IDS, columns_of(KEPT_ID_COLUMNS), Scratch.GRAPH),
         Replacement(OBSERVATIONS, columns_of(OBSERVATION_COLUMNS), Scratch.OBSERVED),
         Replacement(EXTERNAL_IDS, columns_of(EXTERNAL_COLUMNS), Scratch.EXTERNAL),
         Replacement(PROFILE_TRAITS, [c for c, _ in profile_traits_columns(traits)], Scratch.TRAITS),
@@ -619,38 +631,53 @@ def _write(warehouse: Warehouse, schema: str, replacements: list[Replacement]) -
             which: exp.Expr = exp.true()
             if replacement.keys is not None:
                 key, keys = replacement.keys
-                which = exp.column(key).isin(query=exp.select(key).from_(keys))
+                which = exp.column(key).isin(query=exp.select(exp.column(key)).from_(exp.table_(keys)))
             warehouse.delete_rows(table, [which])
-            rows = exp.select(*replacement.columns).from_(replacement.rows)
+            rows = exp.select(*map(exp.column, replacement.columns)).from_(exp.table_(replacement.rows))
             warehouse.execute(exp.insert(rows, table.copy(), columns=replacement.columns))
         columns = ["source_schema", "source_table", "uuid_ts"]
-        warehouse.execute(
-            exp.insert(exp.select(*columns).from_(Scratch.MARKS), watermarks.copy(), columns=columns)
+        latest = exp.select(*map(exp.column, columns)).from_(exp.table_(Scratch.MARKS))
+        warehouse.execute(exp.insert(latest, watermarks.copy(), columns=columns))
+
+
+def _counts(warehouse: Warehouse, schema: str, full: bool, depth: bool) -> IdentityCounts:
+    """What the tables hold, and how many rows the run read (`Scratch.MARKS`), in one query of row counts
+    and nulls, which engines answer from their metadata or one narrow column rather than by comparing every
+    id with its canonical: profile_traits has a row per id of id_graph, and a merged id is one with
+    `merged_to` set. The depth (when asked) over every id's latest row."""
+
+    def rows(table: exp.Table, *counted: exp.Expr) -> exp.Select:
+        return exp.select(*counted).from_(table)
+
+    count = exp.Count(this=exp.Star())
+    ((segment_ids, traits, merged, external_ids, read),) = warehouse.fetchall(
+        exp.select("g.segment_ids", "p.traits", "p.merged", "e.external_ids", "r.read")
+        .from_(rows(exp.table_(ID_GRAPH, db=schema), exp.alias_(count.copy(), "segment_ids")).subquery("g"))
+        .join(
+            rows(
+                exp.table_(PROFILE_TRAITS, db=schema),
+                exp.alias_(count.copy(), "traits"),
+                exp.alias_(exp.Count(this=exp.column("merged_to")), "merged"),
+            ).subquery("p"),
+            join_type="cross",
         )
-
-
-def _counts(warehouse: Warehouse, schema: str, full: bool, new_rows: int, depth: bool) -> IdentityCounts:
-    """What the tables hold, in one query; the depth (when asked) over every id's latest row."""
-    live = (
-        exp.select(exp.alias_(exp.Count(this=exp.Star()), "profiles"))
-        .from_(exp.table_(PROFILE_TRAITS, db=schema))
-        .where(exp.column("merged_to").is_(exp.null()))
-    )
-    external = exp.select(exp.alias_(exp.Count(this=exp.Star()), "external_ids")).from_(
-        exp.table_(EXTERNAL_IDS, db=schema)
-    )
-    ((segment_ids, merged, profiles, external_ids),) = warehouse.fetchall(
-        exp.select("g.segment_ids", "g.merged", "p.profiles", "e.external_ids")
-        .from_(_graph_counts(exp.table_(ID_GRAPH, db=schema)).subquery("g"))
-        .join(live.subquery("p"), join_type="cross")
-        .join(external.subquery("e"), join_type="cross")
+        .join(
+            rows(exp.table_(EXTERNAL_IDS, db=schema), exp.alias_(count.copy(), "external_ids")).subquery("e"),
+            join_type="cross",
+        )
+        .join(
+            rows(exp.table_(Scratch.MARKS), exp.alias_(exp.func("SUM", exp.column("read")), "read")).subquery(
+                "r"
+            ),
+            join_type="cross",
+        )
     )
     return IdentityCounts(
-        profiles=int(profiles),
+        profiles=int(traits) - int(merged),
         segment_ids=int(segment_ids),
-        merged=int(merged or 0),
+        merged=int(merged),
         depth=_depth(warehouse, exp.table_(LATEST_IDS, db=schema)) if depth else None,
         external_ids=int(external_ids),
         full=full,
-        new_rows=new_rows,
+        new_rows=int(read or 0),
     )

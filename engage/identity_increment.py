@@ -12,12 +12,18 @@ they affect, ending in exactly the tables a full rebuild gives:
   latest observation's segment_id moved to another canonical.
 - profile_traits: the rows of the moved ids, of their canonicals before and after, of the segment_ids with
   new trait rows and of their canonicals; a live one's traits from the trait rows of its members only.
+
+What the run costs is the passes over the big tables (the kept latest rows and observations,
+profile_traits_updates, and those it rewrites), whatever the number of rows landed: each is read as few
+times as it can be, for the few keys the run needs (a semi-join, which an engine builds on the small side),
+and then only small scratch tables are joined. Every kept row and stored canonical of an id that the run
+reads comes from one slice of `_engage_id_latest`, read first (`_stage_slice`); id_graph is only written.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 
 from sqlglot import exp
 
@@ -29,6 +35,7 @@ from engage.identity_graph import (
     ID_GRAPH,
     ID_GRAPH_COLUMNS,
     ID_ORDER,
+    KEPT_ID_COLUMNS,
     LATEST_COLUMNS,
     LATEST_IDS,
     LOOKBACK,
@@ -59,12 +66,17 @@ from engage.warehouse.base import Warehouse
 # profile_traits_updates'.
 _SEEN, _OBSERVATIONS = "__engage_idinc_seen", "__engage_idinc_observations"
 _TRAITED = "__engage_idinc_traited"
-# The ids with a new latest row (with it), the ids whose canonical may change, and the ids whose id_graph
-# row changes (with the row, and their canonical before and after).
-_CHANGED, _AFFECTED, _MOVED = "__engage_idinc_changed", "__engage_idinc_affected", "__engage_idinc_moved"
-# The keys of the rows rewritten: external ids, and segment_ids of profile_traits (with, for those that are
-# live profiles, their members and canonical).
-_HASHES, _PROFILES, _MEMBERS = "__engage_idinc_hashes", "__engage_idinc_profiles", "__engage_idinc_members"
+# The kept latest rows, with their canonical, of the ids the run reads (`_stage_slice`).
+_SLICE, _SLICED = "__engage_idinc_slice", "__engage_idinc_sliced"
+# The ids with a new latest row (with it), and the ids whose id_graph row changes (with the row, and their
+# canonical before and after).
+_CHANGED, _MOVED = "__engage_idinc_changed", "__engage_idinc_moved"
+# The kept observations of the external ids observed again or on an id that moved to another canonical.
+_KEPT_OBSERVED = "__engage_idinc_kept_observed"
+# The external ids whose kept observations are read: observed again, or on an id that moved away.
+_WANTED = "__engage_idinc_wanted"
+# The segment_ids of the profile_traits rows rewritten, and the ids whose canonical is one, with it.
+_PROFILES, _MEMBERS = "__engage_idinc_profiles", "__engage_idinc_members"
 
 
 def stage_increment(
@@ -72,17 +84,20 @@ def stage_increment(
     source_schema: str,
     output_schema: str,
     traits: list[tuple[str, exp.DataType]],
+    watermarks: dict[str, datetime | None],
 ) -> list[Replacement]:
-    """The new rows of an incremental run, in scratch tables, with the watermarks (`Scratch.MARKS`). Raises
-    DataError, before anything is written, when the new merges form a loop."""
-    _stage_landed(warehouse, source_schema, output_schema)
-    _stage_graph(warehouse, source_schema, output_schema)
-    canonicals = Canonicals(exp.table_(ID_GRAPH, db=output_schema), moved=_MOVED)
+    """The new rows of an incremental run, in scratch tables, with the next `watermarks` (`Scratch.MARKS`;
+    the last run's per updates table, None where it was empty). Raises DataError, before anything is
+    written, when the new merges form a loop."""
+    _stage_landed(warehouse, source_schema, output_schema, watermarks)
+    _stage_slice(warehouse, output_schema)
+    _stage_graph(warehouse, source_schema)
+    canonicals = Canonicals(exp.table_(_SLICE), moved=_MOVED)
     _stage_external(warehouse, output_schema, canonicals)
     _stage_traits(warehouse, source_schema, output_schema, traits, canonicals)
     return [
         Replacement(ID_GRAPH, columns_of(ID_GRAPH_COLUMNS), _MOVED, ("segment_id", _MOVED)),
-        Replacement(LATEST_IDS, columns_of(LATEST_COLUMNS), _CHANGED, ("segment_id", _CHANGED)),
+        Replacement(LATEST_IDS, columns_of(KEPT_ID_COLUMNS), _MOVED, ("segment_id", _MOVED)),
         Replacement(
             OBSERVATIONS,
             columns_of(OBSERVATION_COLUMNS),
@@ -90,7 +105,10 @@ def stage_increment(
             ("external_id_hash", Scratch.OBSERVED),
         ),
         Replacement(
-            EXTERNAL_IDS, columns_of(EXTERNAL_COLUMNS), Scratch.EXTERNAL, ("external_id_hash", _HASHES)
+            EXTERNAL_IDS,
+            columns_of(EXTERNAL_COLUMNS),
+            Scratch.EXTERNAL,
+            ("external_id_hash", Scratch.EXTERNAL),
         ),
         Replacement(
             PROFILE_TRAITS,
@@ -101,8 +119,10 @@ def stage_increment(
     ]
 
 
-def _stage_landed(warehouse: Warehouse, source_schema: str, output_schema: str) -> None:
-    """Snapshots the rows landed since the watermarks, and the next watermarks from them."""
+def _stage_landed(
+    warehouse: Warehouse, source_schema: str, output_schema: str, watermarks: dict[str, datetime | None]
+) -> None:
+    """Snapshots the rows landed since the `watermarks`, and the next watermarks from them."""
     traited = (
         exp.select(exp.column("segment_id", "u"), exp.column("uuid_ts", "u"))
         .from_(exp.table_(TRAIT_UPDATES, db=source_schema, alias="u"))
@@ -114,11 +134,9 @@ def _stage_landed(warehouse: Warehouse, source_schema: str, output_schema: str) 
         TRAIT_UPDATES: (_TRAITED, traited),
     }
     for table, (scratch, rows) in landed.items():
-        warehouse.create_temp_table(
-            scratch, _since_watermark(warehouse, output_schema, source_schema, table, rows)
-        )
+        warehouse.create_temp_table(scratch, _since(warehouse, watermarks[table], rows))
     kept = exp.table_(WATERMARKS, db=output_schema)
-    watermarks = []
+    next_marks = []
     for table, (scratch, _) in landed.items():
         before = (
             exp.select("uuid_ts", exp.alias_(exp.Literal.number(0), "read"))
@@ -126,8 +144,8 @@ def _stage_landed(warehouse: Warehouse, source_schema: str, output_schema: str) 
             .where(_watermark_of(source_schema, table))
         )
         read = exp.select("uuid_ts", exp.alias_(exp.Literal.number(1), "read")).from_(scratch)
-        watermarks.append(marks(source_schema, table, union_all([before, read])))
-    warehouse.create_temp_table(Scratch.MARKS, union_all(watermarks))
+        next_marks.append(marks(source_schema, table, union_all([before, read])))
+    warehouse.create_temp_table(Scratch.MARKS, union_all(next_marks))
 
 
 def _watermark_of(source_schema: str, table: str) -> exp.Expr:
@@ -137,17 +155,10 @@ def _watermark_of(source_schema: str, table: str) -> exp.Expr:
     )
 
 
-def _since_watermark(
-    warehouse: Warehouse, output_schema: str, source_schema: str, table: str, rows: exp.Select
-) -> exp.Select:
-    """`rows` (of `table`, aliased u) that landed after its watermark less LOOKBACK (all of them when the
-    table was empty at the last run). The bound is a literal, read first: the engine can then skip the
+def _since(warehouse: Warehouse, since: datetime | None, rows: exp.Select) -> exp.Select:
+    """`rows` (of an updates table, aliased u) that landed after its watermark `since` less LOOKBACK (all of
+    them when the table was empty at the last run). The bound is a literal: the engine can then skip the
     blocks of older rows by their min/max statistics instead of reading the whole table."""
-    since = warehouse.fetchall(
-        exp.select(exp.func("MAX", exp.column("uuid_ts")))
-        .from_(exp.table_(WATERMARKS, db=output_schema))
-        .where(_watermark_of(source_schema, table))
-    )[0][0]
     if since is None:
         return rows
     if since.tzinfo is not None:  # BigQuery's TIMESTAMP
@@ -161,11 +172,13 @@ def _changed(landed: str, kept: exp.Table, key: str, order: Sequence[str], colum
     that is not the row kept (a row landed again is new: its uuid_ts is). The `order` columns tell rows
     apart; on a tie the kept row wins, so reading a row again within the lookback changes nothing."""
     flag = "__engage_kept"
-    fresh = exp.select(*columns, exp.alias_(exp.Literal.number(0), flag)).from_(landed)
+    fresh = exp.select(*map(exp.column, columns), exp.alias_(exp.Literal.number(0), flag)).from_(
+        exp.table_(landed)
+    )
     again = (
-        exp.select(*columns, exp.alias_(exp.Literal.number(1), flag))
+        exp.select(*map(exp.column, columns), exp.alias_(exp.Literal.number(1), flag))
         .from_(kept.copy())
-        .where(exp.column(key).isin(query=exp.select(key).from_(landed)))
+        .where(exp.column(key).isin(query=exp.select(exp.column(key)).from_(exp.table_(landed))))
     )
     latest = newest(union_all([fresh, again]), key, [*order, flag])
     return (
@@ -175,45 +188,85 @@ def _changed(landed: str, kept: exp.Table, key: str, order: Sequence[str], colum
     )
 
 
-def _stage_graph(warehouse: Warehouse, source_schema: str, output_schema: str) -> None:
-    """`_CHANGED`, then the ids to resolve with their latest rows (`Scratch.LATEST`), their chains followed
-    (`Scratch.GRAPH`), and `_MOVED`."""
-    stored = exp.table_(ID_GRAPH, db=output_schema)
+def _stage_slice(warehouse: Warehouse, output_schema: str) -> None:
+    """`_SLICE`: the kept rows (`_engage_id_latest`: an id's latest row and canonical) of every id whose
+    canonical is that of an id with landed rows (of the three tables), of an id a landed merge points at, or
+    one of those ids. Two reads of the kept rows (the canonicals of those ids, then the rows on them),
+    instead of one wherever a kept row or a canonical is read.
+
+    Every stored canonical the run reads is of an id whose row is in the slice when it has one (an id
+    without is its own canonical, as in id_graph): the ids resolved again (changed, or on the chain of one,
+    sharing its canonical) and where their merges point, the segment_ids of the observations and trait rows
+    landed, and every id whose canonical is a profile whose traits are rewritten. Each of these is, or has
+    as stored canonical, one of the canonicals the slice is taken by."""
+    looked_up = union_all(
+        [
+            exp.select("segment_id").from_(_SEEN),
+            exp.select(exp.alias_("points_at", "segment_id")).from_(_SEEN),
+            exp.select("segment_id").from_(_OBSERVATIONS),
+            exp.select("segment_id").from_(_TRAITED),
+        ]
+    )
     kept = exp.table_(LATEST_IDS, db=output_schema)
+    # The ids themselves too: one without a row can be the end of others' chains.
+    canonicals = union_all(
+        [
+            exp.select("canonical_segment_id")
+            .from_(kept.copy())
+            .where(exp.column("segment_id").isin(query=looked_up.copy())),
+            looked_up,
+        ]
+    )
+    # The canonicals in a table of their own: the engine then knows how few they are and looks them up
+    # by a hash of them, instead of planning the read of the kept rows around an unknown subquery.
+    warehouse.create_temp_table(
+        _SLICED, exp.select(exp.column("canonical_segment_id")).from_(canonicals.subquery("c")).distinct()
+    )
+    rows = (
+        exp.select(*columns_of(KEPT_ID_COLUMNS))
+        .from_(kept)
+        .where(
+            exp.column("canonical_segment_id").isin(query=exp.select("canonical_segment_id").from_(_SLICED))
+        )
+    )
+    warehouse.create_temp_table(_SLICE, rows)
+
+
+def _stage_graph(warehouse: Warehouse, source_schema: str) -> None:
+    """`_CHANGED`, then the ids to resolve with their latest rows (`Scratch.LATEST`), their chains followed
+    (`Scratch.GRAPH`), and `_MOVED`. The kept rows are the slice's, which holds those of the ids with
+    landed rows and of every id to resolve."""
     columns = columns_of(LATEST_COLUMNS)
-    warehouse.create_temp_table(_CHANGED, _changed(_SEEN, kept, "segment_id", ID_ORDER, columns))
+    warehouse.create_temp_table(
+        _CHANGED, _changed(_SEEN, exp.table_(_SLICE), "segment_id", ID_ORDER, columns)
+    )
     their_canonicals = (
         exp.select(
-            exp.func("COALESCE", exp.column("canonical_segment_id", "o"), exp.column("segment_id", "c"))
+            exp.func("COALESCE", exp.column("canonical_segment_id", "s"), exp.column("segment_id", "c"))
         )
         .from_(exp.table_(_CHANGED, alias="c"))
         .join(
-            exp.table_(ID_GRAPH, db=output_schema, alias="o"),
-            on=exp.column("segment_id", "o").eq(exp.column("segment_id", "c")),
+            exp.table_(_SLICE, alias="s"),
+            on=exp.column("segment_id", "s").eq(exp.column("segment_id", "c")),
             join_type="left",
         )
     )
-    affected = exp.union(
-        exp.select("segment_id").from_(_CHANGED),
-        exp.select("segment_id")
-        .from_(stored.copy())
-        .where(exp.column("canonical_segment_id").isin(query=their_canonicals)),
-        distinct=True,
-    )
-    warehouse.create_temp_table(_AFFECTED, affected)
     unchanged = exp.and_(
-        exp.column("segment_id").isin(query=exp.select("segment_id").from_(_AFFECTED)),
+        exp.column("canonical_segment_id").isin(query=their_canonicals),
         exp.not_(exp.column("segment_id").isin(query=exp.select("segment_id").from_(_CHANGED))),
     )
     latest = union_all(
-        [exp.select(*columns).from_(_CHANGED), exp.select(*columns).from_(kept.copy()).where(unchanged)]
+        [
+            exp.select(*map(exp.column, columns)).from_(exp.table_(_CHANGED)),
+            exp.select(*map(exp.column, columns)).from_(exp.table_(_SLICE)).where(unchanged),
+        ]
     )
     warehouse.create_temp_table(Scratch.LATEST, latest)
-    follow_merges(warehouse, source_schema, _start(output_schema))
-    warehouse.create_temp_table(_MOVED, _moved(output_schema))
+    follow_merges(warehouse, source_schema, _start())
+    warehouse.create_temp_table(_MOVED, _moved())
 
 
-def _start(output_schema: str) -> exp.Select:
+def _start() -> exp.Select:
     """Where the walk starts: each id at the id it points at when that is resolved too, else at the stored
     canonical of that id (an id outside the resolved ones keeps its canonical)."""
     points_at = exp.column("points_at", "l")
@@ -228,28 +281,28 @@ def _start(output_schema: str) -> exp.Select:
             join_type="left",
         )
         .join(
-            exp.table_(ID_GRAPH, db=output_schema, alias="g"),
+            exp.table_(_SLICE, alias="g"),
             on=exp.column("segment_id", "g").eq(points_at.copy()),
             join_type="left",
         )
     )
 
 
-def _moved(output_schema: str) -> exp.Select:
-    """The resolved ids whose id_graph row changes, with the row and the canonical before and after (an id
-    without a row was its own canonical)."""
+def _moved() -> exp.Select:
+    """The resolved ids whose id_graph row changes (a new latest row, or another canonical), with their
+    latest row and the canonical before and after (an id without a row was its own canonical)."""
     segment = exp.column("segment_id", "n")
     before = exp.func("COALESCE", exp.column("canonical_segment_id", "o"), segment.copy())
     after = exp.func("COALESCE", exp.column("canonical_segment_id", "n"), segment.copy())
     return (
         exp.select(
-            *(exp.column(c, "n") for c in columns_of(ID_GRAPH_COLUMNS)),
+            *(exp.column(c, "n") for c in columns_of(KEPT_ID_COLUMNS)),
             exp.alias_(before, "canonical_before"),
             exp.alias_(after, "canonical_after"),
         )
         .from_(exp.table_(Scratch.GRAPH, alias="n"))
         .join(
-            exp.table_(ID_GRAPH, db=output_schema, alias="o"),
+            exp.table_(_SLICE, alias="o"),
             on=exp.column("segment_id", "o").eq(segment.copy()),
             join_type="left",
         )
@@ -267,33 +320,42 @@ def _moved_away() -> exp.Expr:
 
 
 def _stage_external(warehouse: Warehouse, output_schema: str, canonicals: Canonicals) -> None:
-    """The external ids' new latest observations (`Scratch.OBSERVED`), the external ids to rewrite
-    (`_HASHES`) and their rows (`Scratch.EXTERNAL`)."""
+    """The external ids' new latest observations (`Scratch.OBSERVED`), and the rows rewritten
+    (`Scratch.EXTERNAL`, whose external ids are the keys replaced): those of the new observations, and of
+    the kept ones whose segment_id moved to another canonical. The kept observations are read whole once,
+    by external id, for both: the external ids on moved ids are found first in the key columns alone."""
     kept = exp.table_(OBSERVATIONS, db=output_schema)
     columns = columns_of(OBSERVATION_COLUMNS)
-    observed = _changed(_OBSERVATIONS, kept, "external_id_hash", OBSERVATION_ORDER, columns)
-    warehouse.create_temp_table(Scratch.OBSERVED, observed)
-    on_moved = (
-        exp.select(exp.column("external_id_hash", "l"))
-        .from_(exp.table_(OBSERVATIONS, db=output_schema, alias="l"))
-        .join(
-            exp.table_(_MOVED, alias="m"), on=exp.column("segment_id", "m").eq(exp.column("segment_id", "l"))
-        )
-        .where(_moved_away())
+    moved_away = exp.select("segment_id").from_(_MOVED).where(_moved_away())
+    wanted = union_all(
+        [
+            exp.select("external_id_hash").from_(_OBSERVATIONS),
+            exp.select("external_id_hash")
+            .from_(kept.copy())
+            .where(exp.column("segment_id").isin(query=moved_away.copy())),
+        ]
     )
+    warehouse.create_temp_table(_WANTED, wanted)  # in a table of its own, as in `_stage_slice`
     warehouse.create_temp_table(
-        _HASHES, exp.union(exp.select("external_id_hash").from_(Scratch.OBSERVED), on_moved, distinct=True)
+        _KEPT_OBSERVED,
+        exp.select(*map(exp.column, columns))
+        .from_(kept)
+        .where(exp.column("external_id_hash").isin(query=exp.select("external_id_hash").from_(_WANTED))),
     )
-    rewritten = exp.and_(
-        exp.column("external_id_hash").isin(query=exp.select("external_id_hash").from_(_HASHES)),
+    observed = _changed(
+        _OBSERVATIONS, exp.table_(_KEPT_OBSERVED), "external_id_hash", OBSERVATION_ORDER, columns
+    )
+    warehouse.create_temp_table(Scratch.OBSERVED, observed)
+    still_latest = exp.and_(
+        exp.column("segment_id").isin(query=moved_away),
         exp.not_(
             exp.column("external_id_hash").isin(query=exp.select("external_id_hash").from_(Scratch.OBSERVED))
         ),
     )
     observations = union_all(
         [
-            exp.select(*columns).from_(Scratch.OBSERVED),
-            exp.select(*columns).from_(kept.copy()).where(rewritten),
+            exp.select(*map(exp.column, columns)).from_(exp.table_(Scratch.OBSERVED)),
+            exp.select(*map(exp.column, columns)).from_(exp.table_(_KEPT_OBSERVED)).where(still_latest),
         ]
     )
     warehouse.create_temp_table(Scratch.EXTERNAL, external_rows(observations, canonicals))
@@ -306,11 +368,10 @@ def _stage_traits(
     traits: list[tuple[str, exp.DataType]],
     canonicals: Canonicals,
 ) -> None:
-    """The segment_ids whose profile_traits row is rewritten (`_PROFILES`), the members of those that are
-    canonicals (`_MEMBERS`), and the rows (`Scratch.TRAITS`), a live profile's traits from its members'
-    trait rows only."""
+    """The segment_ids whose profile_traits row is rewritten (`_PROFILES`), and the rows (`Scratch.TRAITS`),
+    a live profile's traits from the trait rows of its members only."""
     warehouse.create_temp_table(_PROFILES, _rewritten(canonicals))
-    warehouse.create_temp_table(_MEMBERS, _members(output_schema, canonicals))
+    warehouse.create_temp_table(_MEMBERS, _members(canonicals))  # in a table of its own (`_stage_slice`)
     updates = (
         exp.select()
         .from_(exp.table_(TRAIT_UPDATES, db=source_schema, alias="u"))
@@ -320,14 +381,17 @@ def _stage_traits(
         )
     )
     values = trait_values(warehouse, traits, updates, exp.column("canonical_segment_id", "s"))
-    # Rows never leave the updates tables: a segment_id has a row now if it had one, or is in id_graph, or
-    # has new trait rows.
+    # Rows never leave the updates tables: a segment_id has a row now if it had one (profile_traits holds
+    # every id of id_graph), is new in id_graph (then it moved), or has new trait rows. Of profile_traits,
+    # only the rewritten ids are looked up, so that the lookup is built on them.
+    rewritten = exp.select("canonical_segment_id").from_(_PROFILES)
     existing = union_all(
         [
             exp.select("segment_id").from_(_MOVED),
-            exp.select("segment_id").from_(exp.table_(ID_GRAPH, db=output_schema)),
             exp.select("segment_id").from_(_TRAITED),
-            exp.select("canonical_segment_id").from_(exp.table_(PROFILE_TRAITS, db=output_schema)),
+            exp.select("canonical_segment_id")
+            .from_(exp.table_(PROFILE_TRAITS, db=output_schema))
+            .where(exp.column("canonical_segment_id").isin(query=rewritten)),
         ]
     )
     ids = (
@@ -355,18 +419,16 @@ def _rewritten(canonicals: Canonicals) -> exp.Query:
     )
 
 
-def _members(output_schema: str, canonicals: Canonicals) -> exp.Select:
-    """The ids whose canonical is in `_PROFILES`, with it. Such an id moved, or kept its stored canonical,
-    or is that canonical."""
+def _members(canonicals: Canonicals) -> exp.Select:
+    """The ids whose canonical is in `_PROFILES`, with it. Such an id moved, or kept its stored canonical
+    (the slice holds every id whose stored canonical is rewritten), or is that canonical."""
 
     def rewritten(segment: exp.Expr) -> exp.Expr:
         return segment.isin(query=exp.select("canonical_segment_id").from_(_PROFILES))
 
     candidates = exp.union(
         exp.select("segment_id").from_(_MOVED),
-        exp.select("segment_id")
-        .from_(exp.table_(ID_GRAPH, db=output_schema))
-        .where(rewritten(exp.column("canonical_segment_id"))),
+        exp.select("segment_id").from_(_SLICE).where(rewritten(exp.column("canonical_segment_id"))),
         exp.select(exp.alias_("canonical_segment_id", "segment_id")).from_(_PROFILES),
         distinct=True,
     )

@@ -405,6 +405,14 @@ CASES = {
         [("p0", None, "pro", None), ("p1", "one@example.com", None, None), ("p2", None, None, "p0")],
         [("anonymous_id", "anon-2", "p0")],
     ),
+    # p1 has no row of its own, only p2's merge into it; its first trait row, later, joins p2's plan
+    "profile_known_only_as_a_merge_target_gains_traits": Case(
+        Batch([CHAIN[1], CHAIN[4]], CHAIN_EXTERNAL[2:], [("b", "p2", None, "pro", 6, "")]),
+        Batch(traits=[("f", "p1", "one@example.com", None, 7, "")]),
+        {"p2": "p1"},
+        [("p1", "one@example.com", "pro", None), ("p2", None, None, "p1")],
+        [("anonymous_id", "anon-2", "p1")],
+    ),
     "external_id_seen_again_on_another_profile": JANE_ON_PROFILE_3,
     # observed on profile_3 last, but landed first
     "external_id_landing_before_older_observations": Case(
