@@ -124,12 +124,15 @@ class IdentityCounts:
 @dataclass(frozen=True)
 class Replacement:
     """A table's new rows, in the scratch table `rows`: they replace its rows whose key is among `keys`
-    (the key column, and a scratch table with a column of that name), or all its rows."""
+    (the key column, and a scratch table with a column of that name), or all its rows. On an engine with
+    row ids, `row_ids` (a query of them) names the rows replaced instead of `keys`: the run read them, and
+    writes nothing to the table between that read and the delete, so the ids still name them."""
 
     table: str
     columns: list[str]
     rows: str
     keys: tuple[str, str] | None = None
+    row_ids: exp.Query | None = None
 
 
 @dataclass(frozen=True)
@@ -629,7 +632,10 @@ def _write(warehouse: Warehouse, schema: str, replacements: list[Replacement]) -
         for replacement in replacements:
             table = exp.table_(replacement.table, db=schema)
             which: exp.Expr = exp.true()
-            if replacement.keys is not None:
+            row_id = warehouse.capabilities.row_id
+            if replacement.row_ids is not None and row_id is not None:
+                which = exp.column(row_id).isin(query=replacement.row_ids)
+            elif replacement.keys is not None:
                 key, keys = replacement.keys
                 which = exp.column(key).isin(query=exp.select(exp.column(key)).from_(exp.table_(keys)))
             warehouse.delete_rows(table, [which])

@@ -71,12 +71,15 @@ _SLICE, _SLICED = "__engage_idinc_slice", "__engage_idinc_sliced"
 # The ids with a new latest row (with it), and the ids whose id_graph row changes (with the row, and their
 # canonical before and after).
 _CHANGED, _MOVED = "__engage_idinc_changed", "__engage_idinc_moved"
-# The kept observations of the external ids observed again or on an id that moved to another canonical.
-_KEPT_OBSERVED = "__engage_idinc_kept_observed"
-# The external ids whose kept observations are read: observed again, or on an id that moved away.
-_WANTED = "__engage_idinc_wanted"
-# The segment_ids of the profile_traits rows rewritten, and the ids whose canonical is one, with it.
+# The external_id_mapping rows of the external ids observed again or on a profile an id moved away from,
+# and the kept observations of those external ids.
+_MAPPED, _KEPT_OBSERVED = "__engage_idinc_mapped", "__engage_idinc_kept_observed"
+# The segment_ids of the profile_traits rows rewritten, the ids whose canonical is one (with it), and
+# those of them that have a row.
 _PROFILES, _MEMBERS = "__engage_idinc_profiles", "__engage_idinc_members"
+_TRAITS_KEPT = "__engage_idinc_traits_kept"
+# The engine's row id of a row read from a table the run rewrites (`Replacement.row_ids`).
+_ROW = "__engage_row"
 
 
 def stage_increment(
@@ -97,24 +100,33 @@ def stage_increment(
     _stage_traits(warehouse, source_schema, output_schema, traits, canonicals)
     return [
         Replacement(ID_GRAPH, columns_of(ID_GRAPH_COLUMNS), _MOVED, ("segment_id", _MOVED)),
-        Replacement(LATEST_IDS, columns_of(KEPT_ID_COLUMNS), _MOVED, ("segment_id", _MOVED)),
+        Replacement(
+            LATEST_IDS,
+            columns_of(KEPT_ID_COLUMNS),
+            _MOVED,
+            ("segment_id", _MOVED),
+            _row_ids(warehouse, _MOVED),
+        ),
         Replacement(
             OBSERVATIONS,
             columns_of(OBSERVATION_COLUMNS),
             Scratch.OBSERVED,
             ("external_id_hash", Scratch.OBSERVED),
+            _row_ids(warehouse, _KEPT_OBSERVED, ("external_id_hash", Scratch.OBSERVED)),
         ),
         Replacement(
             EXTERNAL_IDS,
             columns_of(EXTERNAL_COLUMNS),
             Scratch.EXTERNAL,
             ("external_id_hash", Scratch.EXTERNAL),
+            _row_ids(warehouse, _MAPPED, ("external_id_hash", Scratch.EXTERNAL)),
         ),
         Replacement(
             PROFILE_TRAITS,
             [c for c, _ in profile_traits_columns(traits)],
             Scratch.TRAITS,
             ("canonical_segment_id", _PROFILES),
+            _row_ids(warehouse, _TRAITS_KEPT),
         ),
     ]
 
@@ -153,6 +165,24 @@ def _watermark_of(source_schema: str, table: str) -> exp.Expr:
         exp.column("source_schema").eq(exp.Literal.string(source_schema)),
         exp.column("source_table").eq(exp.Literal.string(table)),
     )
+
+
+def _row_id(warehouse: Warehouse) -> list[exp.Expr]:
+    """The engine's row id of the rows a query reads, as `_ROW` (nothing on an engine without)."""
+    row_id = warehouse.capabilities.row_id
+    return [] if row_id is None else [exp.alias_(exp.column(row_id), _ROW)]
+
+
+def _row_ids(warehouse: Warehouse, scratch: str, keys: tuple[str, str] | None = None) -> exp.Query | None:
+    """The row ids kept in `scratch` (of those whose key is among `keys`: the key column, and a scratch
+    table with a column of that name), or None on an engine without row ids."""
+    if warehouse.capabilities.row_id is None:
+        return None
+    rows = exp.select(_ROW).from_(scratch)
+    if keys is None:
+        return rows
+    key, table = keys
+    return rows.where(exp.column(key).isin(query=exp.select(key).from_(table)))
 
 
 def _since(warehouse: Warehouse, since: datetime | None, rows: exp.Select) -> exp.Select:
@@ -223,7 +253,7 @@ def _stage_slice(warehouse: Warehouse, output_schema: str) -> None:
         _SLICED, exp.select(exp.column("canonical_segment_id")).from_(canonicals.subquery("c")).distinct()
     )
     rows = (
-        exp.select(*columns_of(KEPT_ID_COLUMNS))
+        exp.select(*columns_of(KEPT_ID_COLUMNS), *_row_id(warehouse))
         .from_(kept)
         .where(
             exp.column("canonical_segment_id").isin(query=exp.select("canonical_segment_id").from_(_SLICED))
@@ -263,7 +293,7 @@ def _stage_graph(warehouse: Warehouse, source_schema: str) -> None:
     )
     warehouse.create_temp_table(Scratch.LATEST, latest)
     follow_merges(warehouse, source_schema, _start())
-    warehouse.create_temp_table(_MOVED, _moved())
+    warehouse.create_temp_table(_MOVED, _moved(warehouse))
 
 
 def _start() -> exp.Select:
@@ -288,9 +318,10 @@ def _start() -> exp.Select:
     )
 
 
-def _moved() -> exp.Select:
+def _moved(warehouse: Warehouse) -> exp.Select:
     """The resolved ids whose id_graph row changes (a new latest row, or another canonical), with their
-    latest row and the canonical before and after (an id without a row was its own canonical)."""
+    latest row, the canonical before and after (an id without a row was its own canonical) and the row id
+    of the kept row."""
     segment = exp.column("segment_id", "n")
     before = exp.func("COALESCE", exp.column("canonical_segment_id", "o"), segment.copy())
     after = exp.func("COALESCE", exp.column("canonical_segment_id", "n"), segment.copy())
@@ -299,6 +330,7 @@ def _moved() -> exp.Select:
             *(exp.column(c, "n") for c in columns_of(KEPT_ID_COLUMNS)),
             exp.alias_(before, "canonical_before"),
             exp.alias_(after, "canonical_after"),
+            *([exp.column(_ROW, "o")] if warehouse.capabilities.row_id else []),
         )
         .from_(exp.table_(Scratch.GRAPH, alias="n"))
         .join(
@@ -322,25 +354,34 @@ def _moved_away() -> exp.Expr:
 def _stage_external(warehouse: Warehouse, output_schema: str, canonicals: Canonicals) -> None:
     """The external ids' new latest observations (`Scratch.OBSERVED`), and the rows rewritten
     (`Scratch.EXTERNAL`, whose external ids are the keys replaced): those of the new observations, and of
-    the kept ones whose segment_id moved to another canonical. The kept observations are read whole once,
-    by external id, for both: the external ids on moved ids are found first in the key columns alone."""
+    the kept ones whose segment_id moved to another canonical.
+
+    The external ids to read are found in external_id_mapping's key columns (`_MAPPED`): those observed
+    again, and those on the profile a moved id left (an external id observed last on that id is one of
+    them, as external_id_mapping agreed with id_graph). A new external id has no row to read. Then the
+    kept observations of those are read whole, once."""
     kept = exp.table_(OBSERVATIONS, db=output_schema)
     columns = columns_of(OBSERVATION_COLUMNS)
     moved_away = exp.select("segment_id").from_(_MOVED).where(_moved_away())
-    wanted = union_all(
-        [
-            exp.select("external_id_hash").from_(_OBSERVATIONS),
-            exp.select("external_id_hash")
-            .from_(kept.copy())
-            .where(exp.column("segment_id").isin(query=moved_away.copy())),
-        ]
+    left = exp.select("canonical_before").from_(_MOVED).where(_moved_away())
+    mapped = (
+        exp.select(*_row_id(warehouse), "external_id_hash")
+        .from_(exp.table_(EXTERNAL_IDS, db=output_schema))
+        .where(
+            exp.or_(
+                exp.column("external_id_hash").isin(
+                    query=exp.select("external_id_hash").from_(_OBSERVATIONS)
+                ),
+                exp.column("canonical_segment_id").isin(query=left),
+            )
+        )
     )
-    warehouse.create_temp_table(_WANTED, wanted)  # in a table of its own, as in `_stage_slice`
+    warehouse.create_temp_table(_MAPPED, mapped)
     warehouse.create_temp_table(
         _KEPT_OBSERVED,
-        exp.select(*map(exp.column, columns))
+        exp.select(*map(exp.column, columns), *_row_id(warehouse))
         .from_(kept)
-        .where(exp.column("external_id_hash").isin(query=exp.select("external_id_hash").from_(_WANTED))),
+        .where(exp.column("external_id_hash").isin(query=exp.select("external_id_hash").from_(_MAPPED))),
     )
     observed = _changed(
         _OBSERVATIONS, exp.table_(_KEPT_OBSERVED), "external_id_hash", OBSERVATION_ORDER, columns
@@ -385,13 +426,17 @@ def _stage_traits(
     # every id of id_graph), is new in id_graph (then it moved), or has new trait rows. Of profile_traits,
     # only the rewritten ids are looked up, so that the lookup is built on them.
     rewritten = exp.select("canonical_segment_id").from_(_PROFILES)
+    warehouse.create_temp_table(
+        _TRAITS_KEPT,
+        exp.select(*_row_id(warehouse), "canonical_segment_id")
+        .from_(exp.table_(PROFILE_TRAITS, db=output_schema))
+        .where(exp.column("canonical_segment_id").isin(query=rewritten)),
+    )
     existing = union_all(
         [
             exp.select("segment_id").from_(_MOVED),
             exp.select("segment_id").from_(_TRAITED),
-            exp.select("canonical_segment_id")
-            .from_(exp.table_(PROFILE_TRAITS, db=output_schema))
-            .where(exp.column("canonical_segment_id").isin(query=rewritten)),
+            exp.select("canonical_segment_id").from_(_TRAITS_KEPT),
         ]
     )
     ids = (

@@ -60,9 +60,12 @@ class Capabilities:
     # DELETE and UPDATE on plain tables. Spark without Delta has neither: a table that changes (the state,
     # `users`) gets its whole new contents written over it instead (`Warehouse.overwrite`).
     row_updates: bool = True
+    # A pseudo-column naming a row, stable while nothing is written to its table (DuckDB's rowid). An
+    # incremental identity run then deletes the rows it read by it instead of looking their keys up again.
+    row_id: str | None = None
 
 
-DUCKDB = Capabilities(dialect="duckdb")
+DUCKDB = Capabilities(dialect="duckdb", row_id="rowid")
 POSTGRES = Capabilities(
     dialect="postgres",
     pick="array_agg",
