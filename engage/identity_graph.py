@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 
 from sqlglot import exp
 
+from engage.catalog import Catalog
 from engage.compile.expressions import union_all
 from engage.compile.portable import ordered, pick
 from engage.errors import DataError
@@ -504,13 +505,18 @@ def materialize(
     make them (a new trait column rebuilds), else, or with `full_refresh`, from every landed row. The
     longest merge chain is counted only with `depth` (one pass per link over every merged id: a sync that
     only logs it does without)."""
-    landed = {t: warehouse.table_columns(source_schema, t) for t in SOURCES}
+    catalog = warehouse.describe([source_schema, output_schema])  # one read of both schemas' columns
+    landed = {
+        t: dict(found.columns) if (found := catalog.tables.get((source_schema, t))) else {} for t in SOURCES
+    }
     missing = [t for t, columns in landed.items() if not columns]
     if missing:
         raise DataError(f"Profiles Sync tables missing from {source_schema}: {', '.join(missing)}")
     traits = _traits_of(landed[TRAIT_UPDATES])
     tables = _tables(warehouse, traits)
-    watermarks = None if full_refresh else _watermarks(warehouse, source_schema, output_schema, tables)
+    watermarks = (
+        None if full_refresh else _watermarks(warehouse, catalog, source_schema, output_schema, tables)
+    )
     if watermarks is None:
         replacements = _stage_full(warehouse, source_schema, traits)
         _prepare(warehouse, output_schema, tables)
@@ -540,13 +546,13 @@ def _tables(
 
 def _watermarks(
     warehouse: Warehouse,
+    catalog: Catalog,
     source_schema: str,
     output_schema: str,
     tables: dict[str, list[tuple[str, exp.DataType]]],
 ) -> dict[str, datetime | None] | None:
     """The watermark of each updates table of `source_schema` (None: it was empty), when an earlier run
-    left every table as this one would make it and a watermark for each of them; else None."""
-    catalog = warehouse.describe([output_schema])
+    left every table as this one would make it (in `catalog`) and a watermark for each of them; else None."""
     for name, columns in tables.items():
         found = catalog.tables.get((output_schema, name))
         if found is None or list(found.columns) != [c for c, _ in columns]:
