@@ -338,9 +338,12 @@ def run_bench(
 def run_plan(
     plan: list[str], labels: dict[str, str], base: dict[str, Any], scratch: Path, terminal: Any
 ) -> dict[str, Phase]:
-    """Runs the phases of `plan` in order, each in its own process, saying how each went on `terminal`."""
+    """Runs the phases of `plan` in order, each in its own process, saying how each went on `terminal`.
+    Each starts once the writes of the one before are on disk (`os.sync`): a phase is not timed while the
+    kernel flushes what another one wrote."""
     phases: dict[str, Phase] = {}
     for name in plan:
+        os.sync()
         with terminal.status(f"{labels[name]}…"):
             phase = run_phase(name, base, scratch)
         phases[name] = phase
