@@ -254,6 +254,20 @@ def test_seq_grows_with_time_across_the_three_tables(
     assert scalar(con, f"SELECT min(seq) FROM ({rows})") == 1
 
 
+def test_the_updates_tables_hold_their_rows_in_landing_order(
+    warehouse: tuple[duckdb.DuckDBPyConnection, ProfilesSyncSummary],
+) -> None:
+    """As Segment's loads append them: a read of the rows landed since a moment can skip older blocks."""
+    con, _ = warehouse
+    for table in UPDATES:
+        backwards = scalar(
+            con,
+            f"""SELECT count(*) FILTER (WHERE uuid_ts < previous)
+            FROM (SELECT uuid_ts, lag(uuid_ts) OVER (ORDER BY rowid) AS previous FROM profiles.{table})""",
+        )
+        assert backwards == 0, table
+
+
 def test_identifiers_are_observed_where_they_belong(
     warehouse: tuple[duckdb.DuckDBPyConnection, ProfilesSyncSummary],
 ) -> None:
