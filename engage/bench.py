@@ -100,6 +100,9 @@ class Phase:
     peak_rss_mib: float
     process_seconds: float
     detail: dict[str, Any] = field(default_factory=dict)
+    # A phase timed more than once (`run_plan`'s `repeat`): every run's seconds, in order. `seconds` is then
+    # their median, `peak_rss_mib` the highest and `detail` the median run's.
+    runs: list[float] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -336,20 +339,73 @@ def run_bench(
 
 
 def run_plan(
-    plan: list[str], labels: dict[str, str], base: dict[str, Any], scratch: Path, terminal: Any
+    plan: list[str],
+    labels: dict[str, str],
+    base: dict[str, Any],
+    scratch: Path,
+    terminal: Any,
+    repeat: dict[str, int] | None = None,
 ) -> dict[str, Phase]:
     """Runs the phases of `plan` in order, each in its own process, saying how each went on `terminal`.
     Each starts once the writes of the one before are on disk (`os.sync`): a phase is not timed while the
-    kernel flushes what another one wrote."""
+    kernel flushes what another one wrote.
+
+    A phase named in `repeat` runs that many times, each from the same database: a copy taken before the
+    first run is put back before each further one. It then reports the median run (`_median_run`): on a
+    small shared machine one run's time is off by ±15%, and a ratio of two such times by more."""
     phases: dict[str, Phase] = {}
+    database = Path(base["root"]) / DATABASE
     for name in plan:
-        os.sync()
-        with terminal.status(f"{labels[name]}…"):
-            phase = run_phase(name, base, scratch)
-        phases[name] = phase
-        figures = f"{phase.seconds:.2f}s, peak RSS {phase.peak_rss_mib:.0f} MiB"
-        terminal.print(f"[green]✓[/green] {labels[name]}: {figures}")
+        times = (repeat or {}).get(name, 1)
+        runs: list[Phase] = []
+        with _snapshot(database, keep=times > 1) as restore:
+            for run in range(times):
+                if run:
+                    restore()
+                os.sync()
+                counter = f" (run {run + 1} of {times})" if times > 1 else ""
+                with terminal.status(f"{labels[name]}{counter}…"):
+                    runs.append(run_phase(name, base, scratch))
+                figures = f"{runs[-1].seconds:.2f}s, peak RSS {runs[-1].peak_rss_mib:.0f} MiB"
+                terminal.print(f"[green]✓[/green] {labels[name]}{counter}: {figures}")
+        phases[name] = _median_run(runs) if times > 1 else runs[0]
     return phases
+
+
+@contextmanager
+def _snapshot(database: Path, *, keep: bool) -> Iterator[Callable[[], None]]:
+    """With `keep`, a copy of the DuckDB file (closed, so without a WAL) beside it, removed afterwards; yields
+    what puts it back."""
+    copy = database.with_name(f"{database.name}.snapshot")
+    if keep:
+        shutil.copyfile(database, copy)
+
+    def restore() -> None:
+        for leftover in (Path(f"{database}.wal"), Path(f"{database}.tmp")):
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+            elif leftover.exists():
+                leftover.unlink()
+        shutil.copyfile(copy, database)
+
+    try:
+        yield restore
+    finally:
+        copy.unlink(missing_ok=True)
+
+
+def _median_run(runs: list[Phase]) -> Phase:
+    """One phase from its repeated runs: the median run's seconds and detail (the lower middle one of an
+    even count), the highest peak RSS, and every run's seconds."""
+    middle = sorted(runs, key=lambda p: p.seconds)[(len(runs) - 1) // 2]
+    return Phase(
+        name=middle.name,
+        seconds=middle.seconds,
+        peak_rss_mib=max(p.peak_rss_mib for p in runs),
+        process_seconds=middle.process_seconds,
+        detail=middle.detail,
+        runs=[p.seconds for p in runs],
+    )
 
 
 def print_report(report: BenchReport) -> None:

@@ -491,6 +491,13 @@ def _profiles_sync_schemas(project: Project, path: Path) -> list[str]:
     "--memory-limit", default="768MB", show_default=True, help="DuckDB memory_limit of the bench warehouse."
 )
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="DuckDB threads (default: all).")
+@click.option(
+    "--repeat",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="identity: runs of each materialization, from the same data; the target compares their medians.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON on stdout.")
 def bench(
     case: str,
@@ -501,6 +508,7 @@ def bench(
     keep: bool,
     memory_limit: str,
     threads: int | None,
+    repeat: int,
     as_json: bool,
 ) -> None:
     """Benchmark: generated data, timed phases in fresh processes, peak RSS per phase, against targets."""
@@ -521,7 +529,7 @@ def bench(
         try:
             identity_report = run_identity_bench(
                 segment_ids=profiles, events=events, workdir=workdir, keep=keep, memory_limit=memory_limit,
-                threads=threads, progress=not as_json,
+                threads=threads, progress=not as_json, repeat=repeat,
             )  # fmt: skip
         except (RuntimeError, FileNotFoundError, ValueError) as err:
             raise click.ClickException(str(err)) from err

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from sqlglot.dialects.dialect import Dialect
+
 from engage.warehouse.base import Warehouse
 from engage.warehouse.capabilities import Capabilities
 
@@ -24,7 +26,16 @@ def connect(
     config: WarehouseConfig, space: Space, locate: Callable[..., Location], *, read_only: bool = False
 ) -> Warehouse:
     """Connects to a warehouse; `locate("warehouse", field)` names a setting in errors. Drivers are imported
-    only when their engine is used."""
+    only when their engine is used, and so is sqlglot's dialect for it, with the driver: loading it is part
+    of opening the connection, not of the first statement."""
+    warehouse = _open(config, space, locate, read_only=read_only)
+    Dialect.get_or_raise(warehouse.dialect)
+    return warehouse
+
+
+def _open(
+    config: WarehouseConfig, space: Space, locate: Callable[..., Location], *, read_only: bool
+) -> Warehouse:
 
     def setting(field: str) -> Location:
         return locate("warehouse", field)
