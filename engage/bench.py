@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -395,12 +396,12 @@ def _snapshot(database: Path, *, keep: bool) -> Iterator[Callable[[], None]]:
 
 
 def _median_run(runs: list[Phase]) -> Phase:
-    """One phase from its repeated runs: the median run's seconds and detail (the lower middle one of an
-    even count), the highest peak RSS, and every run's seconds."""
+    """One phase from its repeated runs: the median of their seconds, the highest peak RSS, every run's
+    seconds, and the detail of the median run (of an even count, the lower middle one)."""
     middle = sorted(runs, key=lambda p: p.seconds)[(len(runs) - 1) // 2]
     return Phase(
         name=middle.name,
-        seconds=middle.seconds,
+        seconds=statistics.median(p.seconds for p in runs),
         peak_rss_mib=max(p.peak_rss_mib for p in runs),
         process_seconds=middle.process_seconds,
         detail=middle.detail,
