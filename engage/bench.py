@@ -352,8 +352,9 @@ def run_plan(
     kernel flushes what another one wrote.
 
     A phase named in `repeat` runs that many times, each from the same database: a copy taken before the
-    first run is put back before each further one. It then reports the median run (`_median_run`): on a
-    small shared machine one run's time is off by ±15%, and a ratio of two such times by more."""
+    first run is put back before each further one, and the phase reports the median of the runs
+    (`_median_run`): on a small shared machine one run's time is off by ±15%, and a ratio of two such times
+    by more."""
     phases: dict[str, Phase] = {}
     database = Path(base["root"]) / DATABASE
     for name in plan:
