@@ -72,6 +72,11 @@ class Catalog:
     def source_exists(self, source: str) -> bool:
         return any(s == source for s, _ in self.tables)
 
+    def columns(self, source: str, table: str) -> dict[str, str]:
+        """Column name → portable type of one table; empty when the catalog does not hold it."""
+        found = self.tables.get((source, table))
+        return dict(found.columns) if found else {}
+
     def tables_named(self, name: str) -> list[Table]:
         """The table `name` in every source that has it, in the order the space lists its sources."""
         return [self.tables[(s, name)] for s in self.sources if (s, name) in self.tables]

@@ -506,9 +506,7 @@ def materialize(
     longest merge chain is counted only with `depth` (one pass per link over every merged id: a sync that
     only logs it does without)."""
     catalog = warehouse.describe([source_schema, output_schema])  # one read of both schemas' columns
-    landed = {
-        t: dict(found.columns) if (found := catalog.tables.get((source_schema, t))) else {} for t in SOURCES
-    }
+    landed = {t: catalog.columns(source_schema, t) for t in SOURCES}
     missing = [t for t, columns in landed.items() if not columns]
     if missing:
         raise DataError(f"Profiles Sync tables missing from {source_schema}: {', '.join(missing)}")

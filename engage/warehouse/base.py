@@ -97,8 +97,7 @@ class Warehouse(ABC):
 
     def table_columns(self, schema: str, table: str) -> dict[str, str]:
         """Column name → portable type for one table; empty when the table does not exist."""
-        found = self.describe([schema]).tables.get((schema, table))
-        return dict(found.columns) if found else {}
+        return self.describe([schema]).columns(schema, table)
 
     @abstractmethod
     @contextmanager
