@@ -231,11 +231,7 @@ def write_throwaway_project(
     target.mkdir()
     copy(target)
     database = root / DATABASE
-    for leftover in (database, Path(f"{database}.wal"), Path(f"{database}.tmp")):
-        if leftover.is_dir():
-            shutil.rmtree(leftover)
-        elif leftover.exists():
-            leftover.unlink()
+    _remove(database, *_companions(database))
     warehouse: dict[str, Any] = {"type": "duckdb", "path": DATABASE.as_posix(), "memory_limit": memory_limit}
     if threads is not None:
         warehouse["threads"] = threads
@@ -244,6 +240,19 @@ def write_throwaway_project(
     }
     # JSON is YAML: no quoting rules to get wrong.
     config_path.write_text(HEADER + json.dumps(config, indent=2) + "\n")
+
+
+def _companions(database: Path) -> tuple[Path, Path]:
+    """What DuckDB keeps beside a database file: its WAL and its spill folder."""
+    return Path(f"{database}.wal"), Path(f"{database}.tmp")
+
+
+def _remove(*paths: Path) -> None:
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def _peak_rss_mib(max_rss: int) -> float:
@@ -383,11 +392,7 @@ def _snapshot(database: Path, *, keep: bool) -> Iterator[Callable[[], None]]:
         shutil.copyfile(database, copy)
 
     def restore() -> None:
-        for leftover in (Path(f"{database}.wal"), Path(f"{database}.tmp")):
-            if leftover.is_dir():
-                shutil.rmtree(leftover)
-            elif leftover.exists():
-                leftover.unlink()
+        _remove(*_companions(database))
         shutil.copyfile(copy, database)
 
     try:
