@@ -494,7 +494,7 @@ def _profiles_sync_schemas(project: Project, path: Path) -> list[str]:
 @click.option(
     "--repeat",
     type=click.IntRange(min=1),
-    default=3,
+    default=5,
     show_default=True,
     help="identity: runs of each materialization, from the same data; the target compares their medians.",
 )
