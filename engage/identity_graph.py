@@ -552,8 +552,7 @@ def _watermarks(
     """The watermark of each updates table of `source_schema` (None: it was empty), when an earlier run
     left every table as this one would make it (in `catalog`) and a watermark for each of them; else None."""
     for name, columns in tables.items():
-        found = catalog.tables.get((output_schema, name))
-        if found is None or list(found.columns) != [c for c, _ in columns]:
+        if list(catalog.columns(output_schema, name)) != [c for c, _ in columns]:  # missing, or other columns
             return None
     rows = warehouse.fetchall(
         exp.select("source_table", exp.func("MAX", exp.column("uuid_ts")))
@@ -617,7 +616,7 @@ def _prepare(warehouse: Warehouse, schema: str, tables: dict[str, list[tuple[str
     stale = [
         name
         for name, columns in tables.items()
-        if (found := catalog.tables.get((schema, name))) and list(found.columns) != [c for c, _ in columns]
+        if (found := catalog.columns(schema, name)) and list(found) != [c for c, _ in columns]
     ]
     if stale:  # the watermarks first
         for name in dict.fromkeys([WATERMARKS, *stale]):
